@@ -1,0 +1,167 @@
+use super::*;
+
+const KONG_STYLE: &str = r#"
+services:
+  - name: orders
+    url: http://127.0.0.1:9000
+    routes:
+      - name: orders
+        paths: [/orders]
+        strip_path: true
+"#;
+
+#[test]
+fn reads_the_kong_style_shape() {
+    let cfg = Config::from_yaml(KONG_STYLE, "kong.yaml").expect("valid");
+    assert_eq!(cfg.services.len(), 1);
+    let svc = &cfg.services[0];
+    assert_eq!(svc.url.as_deref(), Some("http://127.0.0.1:9000"));
+    assert_eq!(svc.routes[0].paths, vec!["/orders"]);
+    assert!(svc.routes[0].strip_path);
+    assert_eq!(svc.connect_timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn yaml_round_trips() {
+    let cfg = Config::from_yaml(KONG_STYLE, "a.yaml").expect("valid");
+    let again = Config::from_yaml(&cfg.to_yaml(), "b.yaml").expect("re-read");
+    assert_eq!(cfg, again);
+}
+
+#[test]
+fn unknown_field_names_file_path_and_reason() {
+    let text = "services:\n  - name: orders\n    url: http://127.0.0.1:9000\n    routes:\n      - name: r\n        pathz: [/x]\n";
+    let err = Config::from_yaml(text, "bad.yaml").unwrap_err().to_string();
+    assert!(err.starts_with("bad.yaml: line 6"), "{err}");
+    assert!(err.contains("services[0].routes[0]"), "{err}");
+    assert!(err.contains("unknown field `pathz`"), "{err}");
+}
+
+#[test]
+fn semantic_errors_are_collected_with_paths() {
+    let text = r#"
+services:
+  - name: a
+    url: ftp://x
+    routes:
+      - name: r1
+        paths: [orders, "/u/{id}/{id}"]
+        methods: [get]
+  - name: a
+    targets: [{target: "nohost"}]
+    routes:
+      - name: r1
+        hosts: ["*.*.example.com"]
+policies:
+  - name: ip_restriction
+    config: {allow: []}
+"#;
+    let err = Config::from_yaml(text, "x.yaml").unwrap_err();
+    let paths: Vec<String> = err.field_errors().into_iter().map(|e| e.path).collect();
+    for want in [
+        "services[0].url",
+        "services[0].routes[0].paths[0]",
+        "services[0].routes[0].paths[1]",
+        "services[0].routes[0].methods[0]",
+        "services[1].name",
+        "services[1].targets[0].target",
+        "services[1].routes[0].name",
+        "services[1].routes[0].hosts[0]",
+        "policies[0].config",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == want),
+            "missing {want} in {paths:?}"
+        );
+    }
+}
+
+#[test]
+fn invalid_cidr_is_a_parse_error_with_path() {
+    let text = "policies:\n  - name: ip_restriction\n    config: {allow: [\"10.0.0.0/99\"]}\n";
+    let err = Config::from_yaml(text, "c.yaml").unwrap_err().to_string();
+    assert!(err.contains("policies[0]"), "{err}");
+}
+
+#[test]
+fn path_patterns() {
+    assert_eq!(
+        parse_path_pattern("/a").expect("ok"),
+        PathPattern::Prefix("/a".into())
+    );
+    assert_eq!(
+        parse_path_pattern("=/a").expect("ok"),
+        PathPattern::Exact("/a".into())
+    );
+    assert!(
+        matches!(parse_path_pattern("/u/{id}").expect("ok"), PathPattern::Template(s) if s.len() == 2)
+    );
+    assert!(parse_path_pattern("/u/x{id}").is_err());
+    assert!(parse_path_pattern("/u?x=1").is_err());
+    assert!(parse_path_pattern("=/u/{id}").is_err());
+}
+
+#[test]
+fn upstream_url_parsing() {
+    let spec = |url: &str| {
+        let (s, _, _) = Service::from_parts(
+            ServiceSpec {
+                name: "s".into(),
+                url: Some(url.into()),
+                targets: vec![],
+                path: None,
+                load_balancing: LoadBalancing::RoundRobin,
+                connect_timeout: Duration::from_secs(1),
+                read_timeout: Duration::from_secs(1),
+                timeout: Duration::default(),
+                retries: 0,
+                retry_budget: RetryBudget::default(),
+                health_checks: HealthChecks::default(),
+                circuit_breaker: None,
+            },
+            vec![],
+            vec![],
+        )
+        .into_parts();
+        s.upstream()
+    };
+    let (t, base) = spec("http://example.com/api/").expect("ok");
+    assert_eq!(t[0].target, "example.com:80");
+    assert_eq!(base, "/api");
+    assert!(spec("https://x:1").is_err());
+    assert!(spec("http://u:p@x:1").is_err());
+}
+
+/// The committed schema in docs/ must match the code. Regenerate with
+/// `TOLLGATE_BLESS=1 cargo test -p tollgate-core`.
+#[test]
+fn json_schema_snapshot_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/config.schema.json");
+    let fresh = serde_json::to_string_pretty(&Config::json_schema()).expect("schema") + "\n";
+    if std::env::var_os("TOLLGATE_BLESS").is_some() {
+        std::fs::write(&path, &fresh).expect("write schema");
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == fresh,
+        "docs/config.schema.json is stale; run TOLLGATE_BLESS=1 cargo test -p tollgate-core"
+    );
+}
+
+/// Every example configuration in the repository must load.
+#[test]
+fn example_configs_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/ exists") {
+        let path = entry.expect("entry").path();
+        if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no example configs found");
+}
