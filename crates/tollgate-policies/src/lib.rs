@@ -1,1 +1,71 @@
-//! placeholder
+//! Tollgate's policy pipeline.
+//!
+//! A policy is a configured gateway behaviour (CORS, IP rules, size limits,
+//! header transformation, and later authentication and rate limits). Every
+//! policy implements the one [`Policy`] trait, whose hooks are the phases of a
+//! request, in this order:
+//!
+//! 1. [`Policy::access`]: after the route matched, before an upstream is
+//!    chosen. May answer by itself ([`Flow::Reply`]) and skip the rest.
+//! 2. [`Policy::upstream_request`]: after the gateway's own header handling,
+//!    just before the request is sent upstream.
+//! 3. [`Policy::response`]: on the response head about to go to the client,
+//!    whether it came from the upstream or from the gateway itself.
+//! 4. [`Policy::log`]: once the response head has been sent.
+//!
+//! Built-in policies are compiled from [`tollgate_core::config::PolicySpec`]
+//! once per configuration snapshot into a [`Chain`]: an explicit ordered list
+//! (see [`ORDER`]), so the order never depends on how a file was written. The
+//! chain dispatches statically through the [`Builtin`] enum; the hot path does
+//! no allocation or dynamic dispatch for policies it does not run.
+
+mod builtin;
+mod chain;
+mod context;
+
+pub use builtin::{Builtin, Cors, HeaderTransformer, IpRestriction, RequestSizeLimit};
+pub use chain::{Chain, ORDER, merge_specs};
+pub use context::{Flow, LogSummary, Reply, RequestCtx};
+
+use http::request;
+use http::response;
+use std::future::Future;
+
+/// The phase hooks of a gateway policy. Every hook has a default that does
+/// nothing, so a policy implements only the phases it needs.
+pub trait Policy: Send + Sync + 'static {
+    /// The policy's configuration name (`cors`, `ip_restriction`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Access phase: runs after routing, before an upstream target is chosen,
+    /// in chain order. The default continues.
+    ///
+    /// Return [`Flow::Continue`] to pass the request on to the next policy, or
+    /// [`Flow::Reply`] to answer the client now: no later policy's `access`
+    /// runs and nothing is sent upstream, but `response` and `log` still run
+    /// for the policies before this one and for this one.
+    fn access(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> impl Future<Output = Flow> + Send {
+        let _ = (ctx, req);
+        async { Flow::Continue }
+    }
+
+    /// Upstream-request phase: runs once the gateway has stripped hop-by-hop
+    /// headers and set its forwarding headers, just before the request leaves.
+    /// Changes made here are what the upstream sees. The default does nothing.
+    fn upstream_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) {
+        let _ = (ctx, req);
+    }
+
+    /// Response phase: runs on every response head going back to the client,
+    /// from the upstream or from the gateway, in chain order. The default does
+    /// nothing.
+    fn response(&self, ctx: &mut RequestCtx, res: &mut response::Parts) {
+        let _ = (ctx, res);
+    }
+
+    /// Log phase: runs after the response head was handed to the client. It
+    /// must not block; queue work elsewhere. The default does nothing.
+    fn log(&self, ctx: &RequestCtx, summary: &LogSummary) {
+        let _ = (ctx, summary);
+    }
+}

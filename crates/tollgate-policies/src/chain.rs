@@ -1,0 +1,86 @@
+//! Merging policies from their attachment levels and ordering them.
+
+use http::{request, response};
+use tollgate_core::config::PolicySpec;
+
+use crate::{Builtin, Flow, LogSummary, Policy, RequestCtx};
+
+/// The fixed execution order of built-in policies. Address rules run first so
+/// a denied client learns nothing else; CORS answers preflights before any
+/// later check; size limits run before anything reads the body.
+pub const ORDER: &[&str] = &["ip_restriction", "cors", "request_size_limit", "request_transformer", "response_transformer"];
+
+fn rank(name: &str) -> usize {
+    ORDER.iter().position(|n| *n == name).unwrap_or(ORDER.len())
+}
+
+/// Merges the policies attached globally, to a service and to a route. A
+/// policy attached at a narrower level replaces the same policy from a wider
+/// one (route over service over global). The result is in [`ORDER`].
+pub fn merge_specs<'a>(global: &'a [PolicySpec], service: &'a [PolicySpec], route: &'a [PolicySpec]) -> Vec<&'a PolicySpec> {
+    let mut out: Vec<&PolicySpec> = Vec::new();
+    for level in [route, service, global] {
+        for spec in level {
+            if !out.iter().any(|p| p.name() == spec.name()) {
+                out.push(spec);
+            }
+        }
+    }
+    out.sort_by_key(|p| rank(p.name()));
+    out
+}
+
+/// A compiled, ordered policy chain for one route.
+#[derive(Debug, Default)]
+pub struct Chain {
+    policies: Vec<Builtin>,
+}
+
+impl Chain {
+    pub fn compile(global: &[PolicySpec], service: &[PolicySpec], route: &[PolicySpec]) -> Chain {
+        Chain { policies: merge_specs(global, service, route).into_iter().map(Builtin::compile).collect() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Names in execution order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.policies.iter().map(Policy::name).collect()
+    }
+
+    /// Runs the access phase. On a reply, returns it with the number of
+    /// policies that ran, so later phases run only for those.
+    pub async fn access(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Result<(), (crate::Reply, usize)> {
+        for (i, p) in self.policies.iter().enumerate() {
+            if let Flow::Reply(r) = p.access(ctx, req).await {
+                return Err((r, i + 1));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn upstream_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) {
+        for p in &self.policies {
+            p.upstream_request(ctx, req);
+        }
+    }
+
+    /// Runs the response phase for the first `ran` policies (all when `None`).
+    pub fn response(&self, ctx: &mut RequestCtx, res: &mut response::Parts, ran: Option<usize>) {
+        let n = ran.unwrap_or(self.policies.len());
+        for p in &self.policies[..n.min(self.policies.len())] {
+            p.response(ctx, res);
+        }
+    }
+
+    pub fn log(&self, ctx: &RequestCtx, summary: &LogSummary) {
+        for p in &self.policies {
+            p.log(ctx, summary);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,105 @@
+//! The typed per-request context and what a policy can answer with.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use tollgate_core::problem::{ErrorCode, PROBLEM_JSON, Problem};
+
+/// State carried through the phases of one request.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// The request id, generated or propagated; also sent upstream and back.
+    pub request_id: HeaderValue,
+    /// The TCP peer.
+    pub peer_ip: IpAddr,
+    /// The client: the peer, or the forwarded address when the peer is a trusted proxy.
+    pub client_ip: IpAddr,
+    /// The matched route's name.
+    pub route: Arc<str>,
+    /// The matched route's service name.
+    pub service: Arc<str>,
+    /// When the gateway received the request head.
+    pub started: Instant,
+    /// Largest request body allowed, in bytes; the proxy enforces it while streaming.
+    pub body_limit: Option<u64>,
+    /// The CORS origin to echo on the response, set by the CORS policy.
+    pub cors_origin: Option<HeaderValue>,
+    /// Free-form typed state for policies that need more.
+    pub extensions: http::Extensions,
+}
+
+impl RequestCtx {
+    pub fn new(request_id: HeaderValue, peer_ip: IpAddr, client_ip: IpAddr, route: Arc<str>, service: Arc<str>) -> Self {
+        RequestCtx {
+            request_id,
+            peer_ip,
+            client_ip,
+            route,
+            service,
+            started: Instant::now(),
+            body_limit: None,
+            cors_origin: None,
+            extensions: http::Extensions::new(),
+        }
+    }
+
+    /// A problem document for this request.
+    pub fn problem(&self, code: ErrorCode, detail: impl Into<String>) -> Problem {
+        let p = Problem::new(code).detail(detail);
+        match self.request_id.to_str() {
+            Ok(id) => p.request_id(id),
+            Err(_) => p,
+        }
+    }
+
+    /// Narrows the body limit; the smallest limit wins.
+    pub fn limit_body(&mut self, max: u64) {
+        self.body_limit = Some(self.body_limit.map_or(max, |cur| cur.min(max)));
+    }
+}
+
+/// The outcome of an access hook.
+#[derive(Debug)]
+pub enum Flow {
+    /// Go on with the next policy.
+    Continue,
+    /// Answer the client with this and skip the rest of the chain.
+    Reply(Reply),
+}
+
+/// A response the gateway produces itself.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// An RFC 9457 problem response.
+    pub fn problem(problem: &Problem) -> Reply {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        Reply { status: problem.status_code(), headers, body: Bytes::from(problem.to_json()) }
+    }
+
+    /// A response without a body.
+    pub fn empty(status: StatusCode) -> Reply {
+        Reply { status, headers: HeaderMap::new(), body: Bytes::new() }
+    }
+}
+
+/// What the log phase learns about a finished exchange.
+#[derive(Debug, Clone)]
+pub struct LogSummary {
+    pub status: StatusCode,
+    /// The stable error code when the gateway answered with a problem.
+    pub error: Option<ErrorCode>,
+    /// Time spent waiting for the upstream's response head, when there was one.
+    pub upstream_latency: Option<std::time::Duration>,
+    /// Upstream target that answered, as `host:port`.
+    pub target: Option<Arc<str>>,
+}
