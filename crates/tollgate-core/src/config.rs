@@ -20,7 +20,7 @@ use crate::problem::FieldError;
 
 mod validate;
 
-pub use validate::{PathPattern, parse_path_pattern};
+pub use validate::{PathPattern, Segment, parse_path_pattern};
 
 /// A whole declarative configuration: services with their routes, and the
 /// policies that apply globally.

@@ -1,0 +1,278 @@
+//! Streaming bodies. Nothing is buffered: request bodies flow to the upstream
+//! and response bodies to the client frame by frame, so memory stays bounded
+//! whatever the size. Limits and deadlines are enforced while streaming.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::upstream::InFlight;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the gateway cut a request body short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Tripped {
+    None = 0,
+    TooLarge = 1,
+    Timeout = 2,
+    ClientError = 3,
+}
+
+/// Shared between the request body and the handler, which reads it after a
+/// failed upstream exchange to answer 413 or 408 instead of 502.
+#[derive(Debug, Default)]
+pub struct TripWire(AtomicU8);
+
+impl TripWire {
+    pub fn get(&self) -> Tripped {
+        match self.0.load(Ordering::Acquire) {
+            1 => Tripped::TooLarge,
+            2 => Tripped::Timeout,
+            3 => Tripped::ClientError,
+            _ => Tripped::None,
+        }
+    }
+    fn set(&self, t: Tripped) {
+        self.0.store(t as u8, Ordering::Release);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body exceeds {0} bytes")]
+    TooLarge(u64),
+    #[error("request body stalled for longer than {0:?}")]
+    Timeout(Duration),
+    #[error("response body stalled for longer than {0:?}")]
+    UpstreamStalled(Duration),
+    #[error("the exchange passed its deadline")]
+    Deadline,
+}
+
+/// The client's body, held so a request whose body was never read (the
+/// connection to the target failed) can be sent again to another target.
+#[derive(Debug, Clone)]
+pub struct ReplayableBody {
+    slot: Arc<Mutex<Option<Incoming>>>,
+    hint: SizeHint,
+    end: bool,
+}
+
+impl ReplayableBody {
+    pub fn new(body: Incoming) -> Self {
+        let hint = body.size_hint();
+        let end = body.is_end_stream();
+        ReplayableBody { slot: Arc::new(Mutex::new(Some(body))), hint, end }
+    }
+
+    /// Whether the body is still untouched (so an attempt may be repeated).
+    pub fn unread(&self) -> bool {
+        self.end || self.slot.lock().map(|s| s.is_some()).unwrap_or(false)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end
+    }
+
+    /// A body for one upstream attempt.
+    pub fn attempt(&self, limit: Option<u64>, idle: Duration, wire: Arc<TripWire>) -> UpstreamBody {
+        UpstreamBody {
+            slot: if self.end { None } else { Some(self.slot.clone()) },
+            inner: None,
+            hint: self.hint.clone(),
+            end: self.end,
+            limit,
+            seen: 0,
+            idle,
+            timer: None,
+            wire,
+        }
+    }
+}
+
+impl UpstreamBody {
+    /// A body with nothing in it (health probes).
+    pub fn empty() -> Self {
+        UpstreamBody {
+            slot: None,
+            inner: None,
+            hint: SizeHint::with_exact(0),
+            end: true,
+            limit: None,
+            seen: 0,
+            idle: Duration::from_secs(1),
+            timer: None,
+            wire: Arc::new(TripWire::default()),
+        }
+    }
+}
+
+/// The request body as sent upstream, with the size limit and the idle deadline.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    slot: Option<Arc<Mutex<Option<Incoming>>>>,
+    inner: Option<Incoming>,
+    hint: SizeHint,
+    end: bool,
+    limit: Option<u64>,
+    seen: u64,
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    wire: Arc<TripWire>,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.end {
+            return Poll::Ready(None);
+        }
+        if this.inner.is_none() {
+            let Some(slot) = this.slot.take() else { return Poll::Ready(None) };
+            this.inner = slot.lock().ok().and_then(|mut s| s.take());
+            if this.inner.is_none() {
+                return Poll::Ready(None);
+            }
+        }
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if let Some(limit) = this.limit.filter(|l| this.seen > *l) {
+                        this.wire.set(Tripped::TooLarge);
+                        return Poll::Ready(Some(Err(Box::new(BodyError::TooLarge(limit)))));
+                    }
+                }
+                this.timer = None;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.wire.set(Tripped::ClientError);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                this.end = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                ready!(timer.as_mut().poll(cx));
+                this.wire.set(Tripped::Timeout);
+                Poll::Ready(Some(Err(Box::new(BodyError::Timeout(idle)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint.clone()
+    }
+}
+
+/// The body of a response to the client: either the gateway's own bytes or
+/// the upstream's stream with its read deadlines.
+#[derive(Debug)]
+pub enum ProxyBody {
+    Full(Option<Bytes>),
+    Upstream(Box<UpstreamResponse>),
+}
+
+/// An upstream response body in flight.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    pub inner: Incoming,
+    pub idle: Duration,
+    pub idle_timer: Option<Pin<Box<Sleep>>>,
+    pub deadline: Option<Pin<Box<Sleep>>>,
+    /// Keeps the target's in-flight count until the body is done.
+    pub guard: Option<InFlight>,
+}
+
+impl ProxyBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        ProxyBody::Full(Some(b.into()))
+    }
+    pub fn empty() -> Self {
+        ProxyBody::Full(None)
+    }
+    pub fn upstream(inner: Incoming, idle: Duration, deadline: Option<Instant>, guard: InFlight) -> Self {
+        ProxyBody::Upstream(Box::new(UpstreamResponse {
+            inner,
+            idle,
+            idle_timer: None,
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            guard: Some(guard),
+        }))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut *self {
+            ProxyBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream(u) => {
+                if let Some(d) = u.deadline.as_mut() {
+                    if d.as_mut().poll(cx).is_ready() {
+                        u.guard = None;
+                        return Poll::Ready(Some(Err(Box::new(BodyError::Deadline))));
+                    }
+                }
+                match Pin::new(&mut u.inner).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(f))) => {
+                        u.idle_timer = None;
+                        Poll::Ready(Some(Ok(f)))
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        u.guard = None;
+                        Poll::Ready(Some(Err(Box::new(e))))
+                    }
+                    Poll::Ready(None) => {
+                        u.guard = None;
+                        Poll::Ready(None)
+                    }
+                    Poll::Pending => {
+                        let idle = u.idle;
+                        let t = u.idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                        ready!(t.as_mut().poll(cx));
+                        u.guard = None;
+                        Poll::Ready(Some(Err(Box::new(BodyError::UpstreamStalled(idle)))))
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+            ProxyBody::Upstream(u) => u.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Upstream(u) => u.inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Header hygiene at the edge: hop-by-hop stripping (RFC 9110 section 7.6.1),
+//! forwarding headers from trusted proxies only, request ids and trace context.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that are always connection-specific.
+const HOP_BY_HOP: [&HeaderName; 7] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers: the fixed list and every field named in
+/// `Connection`. Returns the `Upgrade` value when the message asked to
+/// upgrade, so the caller can re-add it for a tunnel.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    let mut upgrade_requested = false;
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| {
+                let t = t.trim();
+                if t.eq_ignore_ascii_case("upgrade") {
+                    upgrade_requested = true;
+                }
+                HeaderName::from_bytes(t.as_bytes()).ok()
+            })
+            .collect();
+        for name in listed {
+            headers.remove(&name);
+        }
+    }
+    let upgrade = if upgrade_requested { upgrade_value } else { None };
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    upgrade
+}
+
+/// A request id as received is kept when it is short and plain; otherwise a new one is made.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c)) {
+            return v.clone();
+        }
+    }
+    let id = ulid::Ulid::new().to_string();
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("invalid"))
+}
+
+/// Whether a `traceparent` value is a well-formed W3C Trace Context header.
+pub fn valid_traceparent(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    if b.len() < 55 {
+        return false;
+    }
+    let hex = |s: &[u8]| s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    let (ver, trace, span, flags) = (&b[0..2], &b[3..35], &b[36..52], &b[53..55]);
+    b[2] == b'-'
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(ver)
+        && ver != b"ff"
+        && hex(trace)
+        && trace.iter().any(|c| *c != b'0')
+        && hex(span)
+        && span.iter().any(|c| *c != b'0')
+        && hex(flags)
+        && (b.len() == 55 || (ver != b"00" && b[55] == b'-'))
+}
+
+/// Whether `ip` is in the trusted proxy list.
+pub fn is_trusted(ip: IpAddr, trusted: &[ipnet::IpNet]) -> bool {
+    let ip = canonical(ip);
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// The client address: the peer, or when the peer is a trusted proxy, the
+/// right-most address in `X-Forwarded-For` that is not itself trusted.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let peer = canonical(peer);
+    if trusted.is_empty() || !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = canonical(ip);
+                if !is_trusted(client, trusted) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` for the upstream. From
+/// a trusted peer, the chain is extended; from anyone else, whatever the
+/// client sent is replaced, so it cannot be forged.
+pub fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, trusted_peer: bool, proto: &'static str, host: Option<&HeaderValue>) {
+    let peer = canonical(peer);
+    let peer_s = peer.to_string();
+    let node = match peer {
+        IpAddr::V6(_) => format!("\"[{peer_s}]\""),
+        IpAddr::V4(_) => peer_s.clone(),
+    };
+    let host_s = host.and_then(|h| h.to_str().ok()).filter(|h| h.bytes().all(|c| c.is_ascii_graphic()));
+    let mut element = format!("for={node};proto={proto}");
+    if let Some(h) = host_s {
+        element.push_str(";host=\"");
+        element.push_str(h);
+        element.push('"');
+    }
+    let joined = |name: &HeaderName, headers: &HeaderMap| -> Option<String> {
+        let parts: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        if parts.is_empty() { None } else { Some(parts.join(", ")) }
+    };
+    let (xff, fwd) = if trusted_peer {
+        let xff = match joined(&X_FORWARDED_FOR, headers) {
+            Some(prev) => format!("{prev}, {peer_s}"),
+            None => peer_s,
+        };
+        let fwd = match joined(&FORWARDED, headers) {
+            Some(prev) => format!("{prev}, {element}"),
+            None => element,
+        };
+        (xff, fwd)
+    } else {
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+        (peer_s, element)
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        headers.insert(&FORWARDED, v);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Some(h) = host {
+            headers.insert(&X_FORWARDED_HOST, h.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn strips_fixed_and_connection_listed_headers() {
+        let mut h = map(&[
+            ("connection", "close, x-secret"),
+            ("connection", "X-Other"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-secret", "1"),
+            ("x-other", "1"),
+            ("x-kept", "1"),
+            ("upgrade", "h2c"),
+        ]);
+        assert!(strip_hop_by_hop(&mut h).is_none());
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn reports_upgrade_only_when_connection_asks() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert_eq!(strip_hop_by_hop(&mut h).expect("upgrade"), "websocket");
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn request_ids_are_propagated_or_made() {
+        assert_eq!(request_id(&map(&[("x-request-id", "abc-123")])), "abc-123");
+        let made = request_id(&map(&[("x-request-id", "bad value with spaces")]));
+        assert_eq!(made.len(), 26);
+        assert_eq!(request_id(&HeaderMap::new()).len(), 26);
+    }
+
+    #[test]
+    fn traceparent_validation() {
+        let ok = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert!(valid_traceparent(&ok));
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            assert!(!valid_traceparent(&HeaderValue::from_static(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forwarded_headers_from_untrusted_peers_are_replaced() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https"), ("forwarded", "for=1.2.3.4")]);
+        let peer: IpAddr = "203.0.113.9".parse().expect("ip");
+        assert_eq!(client_ip(peer, &h, &trusted), peer);
+        set_forwarding(&mut h, peer, false, "http", Some(&HeaderValue::from_static("api.example.com")));
+        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "api.example.com");
+        assert_eq!(h[&FORWARDED], "for=203.0.113.9;proto=http;host=\"api.example.com\"");
+    }
+
+    #[test]
+    fn forwarded_headers_from_trusted_peers_are_extended() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let mut h = map(&[("x-forwarded-for", "198.51.100.7, 10.0.0.2"), ("x-forwarded-proto", "https")]);
+        let peer: IpAddr = "10.0.0.1".parse().expect("ip");
+        assert_eq!(client_ip(peer, &h, &trusted), "198.51.100.7".parse::<IpAddr>().expect("ip"));
+        set_forwarding(&mut h, peer, true, "http", None);
+        assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7, 10.0.0.2, 10.0.0.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        let v6: IpAddr = "::1".parse().expect("ip");
+        let mut h = HeaderMap::new();
+        set_forwarding(&mut h, v6, false, "https", None);
+        assert_eq!(h[&FORWARDED], "for=\"[::1]\";proto=https");
+    }
+}

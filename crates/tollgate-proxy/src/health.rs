@@ -1,0 +1,56 @@
+//! Active health checking: an HTTP probe per target on an interval.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::{Request, header};
+use tokio_util::sync::CancellationToken;
+use tollgate_core::config::ActiveHealthCheck;
+
+use crate::body::UpstreamBody;
+use crate::snapshot::ServiceRt;
+
+/// Starts one probe loop per target of `svc`, until `stop` is cancelled.
+pub(crate) fn spawn(svc: Arc<ServiceRt>, cfg: ActiveHealthCheck, stop: CancellationToken) {
+    for target in svc.balancer.targets.clone() {
+        let svc = svc.clone();
+        let cfg = cfg.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut successes = 0u32;
+            let mut failures = 0u32;
+            let mut tick = tokio::time::interval(cfg.interval.get());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let uri = format!("http://{}{}", target.authority, cfg.path);
+                let Ok(req) = Request::get(uri).header(header::USER_AGENT, "tollgate-health-check").body(UpstreamBody::empty()) else {
+                    return;
+                };
+                let ok = match tokio::time::timeout(cfg.timeout.get(), svc.client.request(req)).await {
+                    Ok(Ok(res)) => res.status().is_success() || res.status().is_redirection(),
+                    _ => false,
+                };
+                let was = target.active_healthy.load(Ordering::Relaxed);
+                if ok {
+                    failures = 0;
+                    successes = successes.saturating_add(1);
+                    if !was && successes >= cfg.healthy_threshold {
+                        target.active_healthy.store(true, Ordering::Relaxed);
+                        tracing::info!(service = %svc.name, target = %target.addr, "target healthy again");
+                    }
+                } else {
+                    successes = 0;
+                    failures = failures.saturating_add(1);
+                    if was && failures >= cfg.unhealthy_threshold {
+                        target.active_healthy.store(false, Ordering::Relaxed);
+                        tracing::warn!(service = %svc.name, target = %target.addr, "target marked unhealthy by active health check");
+                    }
+                }
+            }
+        });
+    }
+}

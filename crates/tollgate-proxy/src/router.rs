@@ -1,0 +1,321 @@
+//! Route matching. Routes are compiled once per snapshot into a list of
+//! entries (one per host-pattern and path-pattern pair) sorted by specificity,
+//! so the first entry that matches is the most specific route, and ties are
+//! broken by route name: the outcome never depends on insertion order.
+//!
+//! Specificity, most significant first:
+//! 1. host: exact name, then wildcard (longer first), then no host rule;
+//! 2. path: exact (`=/a`), then more literal bytes, then template over prefix,
+//!    then no path rule;
+//! 3. a method rule over none; 4. more header rules; 5. route name.
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, Method};
+use tollgate_core::config::{PathPattern, RouteSpec, Segment, parse_path_pattern};
+
+/// A compiled host rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`.
+    Suffix(String),
+    /// `example.*`, stored as `example.`.
+    Prefix(String),
+}
+
+impl HostPattern {
+    fn parse(raw: &str) -> HostPattern {
+        let raw = raw.to_ascii_lowercase();
+        if let Some(rest) = raw.strip_prefix('*') {
+            HostPattern::Suffix(rest.to_owned())
+        } else if let Some(rest) = raw.strip_suffix('*') {
+            HostPattern::Prefix(rest.to_owned())
+        } else {
+            HostPattern::Exact(raw)
+        }
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+            HostPattern::Prefix(p) => host.len() > p.len() && host.starts_with(p.as_str()),
+        }
+    }
+
+    fn rank(&self) -> (u8, usize) {
+        match self {
+            HostPattern::Exact(h) => (2, h.len()),
+            HostPattern::Suffix(s) | HostPattern::Prefix(s) => (1, s.len()),
+        }
+    }
+}
+
+/// What a route needs besides host and path.
+#[derive(Debug)]
+pub struct RouteMatcher<T> {
+    pub name: Arc<str>,
+    methods: Vec<Method>,
+    headers: Vec<(HeaderName, Vec<String>)>,
+    /// What the snapshot attaches to the route (service, chain, flags).
+    pub target: T,
+}
+
+#[derive(Debug)]
+struct Entry {
+    route: usize,
+    host: Option<HostPattern>,
+    path: Option<PathPattern>,
+}
+
+/// The result of a successful match.
+#[derive(Debug)]
+pub struct Match<'a, T> {
+    pub route: &'a RouteMatcher<T>,
+    /// The part of the path after the matched prefix (for `strip_path`):
+    /// always starts with `/`.
+    pub rest: &'a str,
+}
+
+/// Why no route matched.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// Nothing matches host and path.
+    NoRoute,
+    /// Host and path match, but not with this method.
+    Method,
+}
+
+/// A compiled router.
+#[derive(Debug)]
+pub struct Router<T> {
+    routes: Vec<RouteMatcher<T>>,
+    entries: Vec<Entry>,
+}
+
+impl<T> Router<T> {
+    /// Compiles routes. Specs are validated before they reach the store;
+    /// a path that does not parse is skipped.
+    pub fn new(routes: Vec<(RouteSpec, T)>) -> Router<T> {
+        let mut matchers = Vec::with_capacity(routes.len());
+        let mut entries = Vec::new();
+        for (i, (spec, target)) in routes.into_iter().enumerate() {
+            let hosts: Vec<Option<HostPattern>> =
+                if spec.hosts.is_empty() { vec![None] } else { spec.hosts.iter().map(|h| Some(HostPattern::parse(h))).collect() };
+            let paths: Vec<Option<PathPattern>> = if spec.paths.is_empty() {
+                vec![None]
+            } else {
+                spec.paths.iter().filter_map(|p| parse_path_pattern(p).ok()).map(Some).collect()
+            };
+            for host in &hosts {
+                for path in &paths {
+                    entries.push(Entry { route: i, host: host.clone(), path: path.clone() });
+                }
+            }
+            matchers.push(RouteMatcher {
+                name: Arc::from(spec.name.as_str()),
+                methods: spec.methods.iter().filter_map(|m| Method::from_bytes(m.as_bytes()).ok()).collect(),
+                headers: spec
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, v.clone())))
+                    .collect(),
+                target,
+            });
+        }
+        entries.sort_by_key(|e| {
+            let r = &matchers[e.route];
+            let host = e.host.as_ref().map(HostPattern::rank).unwrap_or((0, 0));
+            let path = match &e.path {
+                None => (0, 0, 0),
+                Some(p @ PathPattern::Exact(_)) => (1, p.literal_len(), 0),
+                Some(p @ PathPattern::Template(_)) => (0, p.literal_len(), 1),
+                Some(p @ PathPattern::Prefix(_)) => (0, p.literal_len(), 0),
+            };
+            (Reverse(host), Reverse(path), Reverse(!r.methods.is_empty()), Reverse(r.headers.len()), r.name.clone())
+        });
+        Router { routes: matchers, entries }
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Finds the most specific route. `host` must be lower case without port.
+    pub fn find<'a>(&'a self, method: &Method, host: &str, path: &'a str, headers: &HeaderMap) -> Result<Match<'a, T>, Miss> {
+        let mut method_miss = false;
+        for e in &self.entries {
+            if let Some(h) = &e.host {
+                if !h.matches(host) {
+                    continue;
+                }
+            }
+            let rest = match &e.path {
+                None => Some(path),
+                Some(p) => match_path(p, path),
+            };
+            let Some(rest) = rest else { continue };
+            let r = &self.routes[e.route];
+            if !r.headers.iter().all(|(name, values)| header_matches(headers, name, values)) {
+                continue;
+            }
+            if !r.methods.is_empty() && !r.methods.contains(method) {
+                method_miss = true;
+                continue;
+            }
+            return Ok(Match { route: r, rest });
+        }
+        Err(if method_miss { Miss::Method } else { Miss::NoRoute })
+    }
+}
+
+fn header_matches(headers: &HeaderMap, name: &HeaderName, values: &[String]) -> bool {
+    headers.get_all(name).iter().any(|v| values.iter().any(|want| want.as_bytes().eq_ignore_ascii_case(v.as_bytes())))
+}
+
+/// Returns the remainder after the matched part, or `None`.
+fn match_path<'a>(pattern: &PathPattern, path: &'a str) -> Option<&'a str> {
+    match pattern {
+        PathPattern::Exact(p) => (p == path).then_some("/"),
+        PathPattern::Prefix(p) => {
+            if p == "/" {
+                return Some(path);
+            }
+            let rest = path.strip_prefix(p.as_str())?;
+            if rest.is_empty() {
+                Some("/")
+            } else if p.ends_with('/') {
+                Some(&path[p.len() - 1..])
+            } else if rest.starts_with('/') {
+                Some(rest)
+            } else {
+                None
+            }
+        }
+        PathPattern::Template(segs) => {
+            let mut parts = path[1..].split('/');
+            for seg in segs {
+                let part = parts.next()?;
+                match seg {
+                    Segment::Literal(l) if l != part => return None,
+                    Segment::Param(_) if part.is_empty() => return None,
+                    _ => {}
+                }
+            }
+            parts.next().is_none().then_some("/")
+        }
+    }
+}
+
+/// The lower-case host name of a request, without port or trailing dot.
+pub fn request_host(uri: &http::Uri, headers: &HeaderMap) -> String {
+    let raw = uri.host().or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("");
+    let without_port = if raw.starts_with('[') {
+        raw.split(']').next().map(|h| &h[1..]).unwrap_or(raw)
+    } else {
+        raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw)
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether a path contains a dot segment (`.` or `..`, also percent-encoded),
+/// which upstreams may resolve differently from the router.
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let lower = seg.to_ascii_lowercase();
+        let decoded = lower.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn route(name: &str, hosts: &[&str], paths: &[&str], methods: &[&str]) -> (RouteSpec, &'static str) {
+        let spec = RouteSpec {
+            name: name.into(),
+            hosts: hosts.iter().map(|s| s.to_string()).collect(),
+            paths: paths.iter().map(|s| s.to_string()).collect(),
+            methods: methods.iter().map(|s| s.to_string()).collect(),
+            headers: BTreeMap::new(),
+            strip_path: true,
+            preserve_host: false,
+        };
+        (spec, "")
+    }
+
+    fn find<'a>(r: &'a Router<&'static str>, method: &str, host: &str, path: &'a str) -> Result<(&'a str, &'a str), Miss> {
+        let m = Method::from_bytes(method.as_bytes()).expect("method");
+        r.find(&m, host, path, &HeaderMap::new()).map(|m| (&*m.route.name, m.rest))
+    }
+
+    #[test]
+    fn most_specific_route_wins_regardless_of_order() {
+        let routes = vec![
+            route("catch-all", &[], &["/"], &[]),
+            route("orders", &[], &["/orders"], &[]),
+            route("orders-exact", &[], &["=/orders/list"], &[]),
+            route("order-by-id", &[], &["/orders/{id}"], &[]),
+            route("orders-admin", &[], &["/orders/admin"], &[]),
+            route("host-wild", &["*.example.com"], &["/"], &[]),
+            route("host-exact", &["api.example.com"], &["/"], &[]),
+            route("orders-post", &[], &["/orders"], &["POST"]),
+        ];
+        let mut reversed = routes.clone();
+        reversed.reverse();
+        for r in [Router::new(routes), Router::new(reversed)] {
+            assert_eq!(find(&r, "GET", "other", "/orders"), Ok(("orders", "/")));
+            assert_eq!(find(&r, "POST", "other", "/orders/x/y"), Ok(("orders-post", "/x/y")));
+            assert_eq!(find(&r, "GET", "other", "/orders/list"), Ok(("orders-exact", "/")));
+            assert_eq!(find(&r, "GET", "other", "/orders/42"), Ok(("order-by-id", "/")));
+            assert_eq!(find(&r, "GET", "other", "/orders/admin"), Ok(("orders-admin", "/")));
+            assert_eq!(find(&r, "GET", "other", "/orders/42/items"), Ok(("orders", "/42/items")));
+            assert_eq!(find(&r, "GET", "other", "/ordersx"), Ok(("catch-all", "/ordersx")));
+            assert_eq!(find(&r, "GET", "api.example.com", "/orders"), Ok(("host-exact", "/orders")));
+            assert_eq!(find(&r, "GET", "x.example.com", "/orders"), Ok(("host-wild", "/orders")));
+            assert_eq!(find(&r, "GET", "example.com", "/a"), Ok(("catch-all", "/a")));
+        }
+    }
+
+    #[test]
+    fn method_and_header_rules() {
+        let mut spec = route("h", &[], &["/a"], &["GET"]);
+        spec.0.headers.insert("x-version".into(), vec!["v2".into()]);
+        let r = Router::new(vec![spec, route("fallback", &[], &["/a"], &["GET"])]);
+        let mut h = HeaderMap::new();
+        h.insert("x-version", "V2".parse().expect("v"));
+        assert_eq!(&*r.find(&Method::GET, "", "/a", &h).expect("match").route.name, "h");
+        assert_eq!(&*r.find(&Method::GET, "", "/a", &HeaderMap::new()).expect("match").route.name, "fallback");
+        assert_eq!(r.find(&Method::DELETE, "", "/a", &h).map(|_| ()), Err(Miss::Method));
+        assert_eq!(r.find(&Method::GET, "", "/b", &h).map(|_| ()), Err(Miss::NoRoute));
+    }
+
+    #[test]
+    fn hosts_and_dot_segments() {
+        let uri: http::Uri = "/x".parse().expect("uri");
+        let mut h = HeaderMap::new();
+        h.insert(http::header::HOST, "API.Example.com.:8000".parse().expect("host"));
+        assert_eq!(request_host(&uri, &h), "api.example.com");
+        let uri: http::Uri = "http://[::1]:80/x".parse().expect("uri");
+        assert_eq!(request_host(&uri, &HeaderMap::new()), "::1");
+        assert!(has_dot_segment("/a/../b"));
+        assert!(has_dot_segment("/a/%2E%2e/b"));
+        assert!(has_dot_segment("/a/."));
+        assert!(!has_dot_segment("/a/..b/c.d"));
+    }
+
+    #[test]
+    fn trailing_slash_prefix() {
+        let r = Router::new(vec![route("a", &[], &["/api/"], &[])]);
+        assert_eq!(find(&r, "GET", "", "/api/x"), Ok(("a", "/x")));
+        assert!(find(&r, "GET", "", "/apix").is_err());
+    }
+}

@@ -1,0 +1,150 @@
+//! The proxy listener: accept, TLS, connection cap, deadlines, graceful shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::framing::FramingIo;
+use crate::service::{ConnInfo, handle};
+use crate::settings::{ProxySettings, TlsFiles};
+use crate::snapshot::Gateway;
+
+/// A bound proxy listener.
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener").field("tcp", &self.tcp).field("tls", &self.tls.is_some()).finish()
+    }
+}
+
+/// Why the listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot read TLS file {path}: {reason}")]
+    Tls { path: String, reason: String },
+}
+
+impl Listener {
+    /// Binds the proxy address and loads TLS material, if any.
+    pub async fn bind(settings: &ProxySettings) -> Result<Listener, ListenError> {
+        let tls = settings.tls.as_ref().map(load_tls).transpose()?;
+        let tcp = TcpListener::bind(settings.listen).await.map_err(|source| ListenError::Bind { addr: settings.listen, source })?;
+        Ok(Listener { tcp, tls })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, ListenError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let err = |path: &std::path::Path, reason: String| ListenError::Tls { path: path.display().to_string(), reason };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| err(&files.cert, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(&files.cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err(&files.cert, "no certificate found".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| err(&files.key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(&files.cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| err(&files.key, e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves the proxy until `shutdown` is cancelled, then stops accepting and
+/// lets in-flight requests finish for up to `shutdown_grace`.
+pub async fn serve(listener: Listener, gw: Arc<Gateway>, shutdown: CancellationToken) {
+    let settings = gw.settings.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .max_headers(settings.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(settings.max_header_bytes as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
+    let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.tcp.accept() => match r {
+                Ok(ok) => ok,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gw.clone();
+        let builder = builder.clone();
+        let tls = listener.tls.clone();
+        let watcher = graceful.watcher();
+        let header_timeout = settings.header_read_timeout;
+        tokio::spawn(async move {
+            match tls {
+                None => serve_conn(stream, peer, false, gw, &builder, watcher).await,
+                Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => serve_conn(tls_stream, peer, true, gw, &builder, watcher).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("shutdown grace period over; closing remaining connections");
+    }
+}
+
+async fn serve_conn<IO>(io: IO, peer: SocketAddr, tls: bool, gw: Arc<Gateway>, builder: &auto::Builder<TokioExecutor>, watcher: hyper_util::server::graceful::Watcher)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (io, verdicts) = FramingIo::new(io);
+    let conn = Arc::new(ConnInfo { peer, tls, verdicts });
+    let svc = service_fn(move |req| handle(gw.clone(), conn.clone(), req));
+    let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(fut.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}

@@ -1,0 +1,174 @@
+//! Compiling a configuration into an immutable snapshot, and swapping it in.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio_util::sync::CancellationToken;
+use tollgate_core::config::{CircuitBreaker, Config, PassiveHealthCheck, RetryBudget};
+use tollgate_policies::Chain;
+
+use crate::body::UpstreamBody;
+use crate::router::Router;
+use crate::settings::ProxySettings;
+use crate::upstream::{Balancer, Registry, ServiceState};
+
+/// The HTTP client used for upstreams; one per connect timeout, shared across snapshots.
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+/// What a matched route leads to.
+#[derive(Debug)]
+pub struct RouteTarget {
+    pub service: usize,
+    pub chain: Chain,
+    pub strip_path: bool,
+    pub preserve_host: bool,
+}
+
+/// A service ready to forward to.
+#[derive(Debug)]
+pub struct ServiceRt {
+    pub name: Arc<str>,
+    pub balancer: Balancer,
+    pub base_path: String,
+    pub read_timeout: Duration,
+    pub total_timeout: Option<Duration>,
+    pub retries: u32,
+    pub retry_budget: RetryBudget,
+    pub passive: Option<PassiveHealthCheck>,
+    pub breaker: Option<CircuitBreaker>,
+    pub state: Arc<ServiceState>,
+    pub client: UpstreamClient,
+    pub active: Option<tollgate_core::config::ActiveHealthCheck>,
+}
+
+/// An immutable, compiled configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The store revision this snapshot was compiled from.
+    pub revision: i64,
+    pub router: Router<RouteTarget>,
+    pub services: Vec<Arc<ServiceRt>>,
+}
+
+/// The data plane's shared state: the current snapshot plus everything that
+/// must survive a reload (target health, breakers, connection pools).
+#[derive(Debug)]
+pub struct Gateway {
+    snapshot: ArcSwap<Snapshot>,
+    registry: Registry,
+    clients: Mutex<HashMap<Duration, UpstreamClient>>,
+    health: Mutex<Option<CancellationToken>>,
+    pub settings: ProxySettings,
+}
+
+impl Gateway {
+    pub fn new(settings: ProxySettings) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            snapshot: ArcSwap::from_pointee(Snapshot { revision: -1, router: Router::new(Vec::new()), services: Vec::new() }),
+            registry: Registry::default(),
+            clients: Mutex::new(HashMap::new()),
+            health: Mutex::new(None),
+            settings,
+        })
+    }
+
+    /// The snapshot new requests use.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.snapshot.load().revision
+    }
+
+    fn client(&self, connect_timeout: Duration) -> UpstreamClient {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry(connect_timeout)
+            .or_insert_with(|| {
+                let mut http = HttpConnector::new();
+                http.set_connect_timeout(Some(connect_timeout));
+                http.set_nodelay(true);
+                http.enforce_http(true);
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(1024)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .build(http)
+            })
+            .clone()
+    }
+
+    /// Compiles `config` and makes it current. Must run inside a Tokio
+    /// runtime: active health checkers are restarted for the new snapshot.
+    pub fn install(&self, config: &Config, revision: i64) {
+        let snapshot = self.compile(config, revision);
+        let token = CancellationToken::new();
+        for svc in &snapshot.services {
+            if let Some(active) = &svc.active {
+                crate::health::spawn(svc.clone(), active.clone(), token.clone());
+            }
+        }
+        self.snapshot.store(Arc::new(snapshot));
+        if let Some(old) = self.health.lock().unwrap_or_else(|e| e.into_inner()).replace(token) {
+            old.cancel();
+        }
+    }
+
+    /// Stops background health checks.
+    pub fn stop(&self) {
+        if let Some(t) = self.health.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.cancel();
+        }
+    }
+
+    fn compile(&self, config: &Config, revision: i64) -> Snapshot {
+        let mut services = Vec::with_capacity(config.services.len());
+        let mut routes = Vec::new();
+        let mut live = HashSet::new();
+        for svc in &config.services {
+            let (spec, svc_routes, svc_policies) = svc.clone().into_parts();
+            let Ok((targets, base_path)) = spec.upstream() else {
+                tracing::error!(service = %spec.name, "service has no usable upstream; skipped");
+                continue;
+            };
+            let states = targets
+                .iter()
+                .filter_map(|t| {
+                    let authority = t.target.parse().ok()?;
+                    live.insert((spec.name.clone(), t.target.clone()));
+                    Some(self.registry.target(&spec.name, &t.target, authority, t.weight))
+                })
+                .collect();
+            let idx = services.len();
+            services.push(Arc::new(ServiceRt {
+                name: Arc::from(spec.name.as_str()),
+                balancer: Balancer::new(states, spec.load_balancing),
+                base_path,
+                read_timeout: spec.read_timeout.get(),
+                total_timeout: (!spec.timeout.is_zero()).then(|| spec.timeout.get()),
+                retries: spec.retries,
+                retry_budget: spec.retry_budget.clone(),
+                passive: spec.health_checks.passive.clone(),
+                breaker: spec.circuit_breaker.clone(),
+                state: self.registry.service(&spec.name),
+                client: self.client(spec.connect_timeout.get()),
+                active: spec.health_checks.active.clone(),
+            }));
+            for route in svc_routes {
+                let (rspec, rpolicies) = route.into_parts();
+                let chain = Chain::compile(&config.policies, &svc_policies, &rpolicies);
+                let target = RouteTarget { service: idx, chain, strip_path: rspec.strip_path, preserve_host: rspec.preserve_host };
+                routes.push((rspec, target));
+            }
+        }
+        self.registry.retain(&live);
+        Snapshot { revision, router: Router::new(routes), services }
+    }
+}
