@@ -1,1 +1,51 @@
-//! placeholder
+//! Tollgate's admin API: the control plane's HTTP surface.
+//!
+//! One file per resource ([`services`], [`routes`], [`policies`], [`config`])
+//! holds its `router()`, its handlers and their OpenAPI annotations. Input is
+//! read by validated extractors ([`extract`]) and every error becomes an RFC
+//! 9457 problem in one place ([`error`]). Requests need `Authorization:
+//! Bearer <admin token>`, except `/healthz`, `/readyz` and `/openapi.json`.
+//! The OpenAPI 3.1 document is generated from this code ([`openapi`]) and
+//! committed as `docs/openapi.json`; a test fails when the copy is stale.
+
+use std::sync::Arc;
+
+use axum::Router;
+use tollgate_store::Store;
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod policies;
+pub mod routes;
+pub mod services;
+pub mod status;
+
+pub use error::ApiError;
+pub use status::NodeStatus;
+
+/// Shared state of the admin API.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub store: Store,
+    pub status: Arc<NodeStatus>,
+}
+
+/// The whole admin API.
+pub fn router(state: AdminState) -> Router {
+    let protected = Router::new()
+        .merge(services::router())
+        .merge(routes::router())
+        .merge(policies::router())
+        .merge(config::router())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
+    Router::new()
+        .merge(status::router())
+        .merge(openapi::router())
+        .merge(protected)
+        .fallback(error::not_found_fallback)
+        .method_not_allowed_fallback(error::method_not_allowed_fallback)
+        .with_state(state)
+}

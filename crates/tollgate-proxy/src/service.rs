@@ -62,6 +62,7 @@ async fn proxy(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>, request_id
         Err(Miss::NoRoute) => return Err(ProxyError::NoRoute { method: parts.method.to_string(), path: short(path).to_owned() }),
         Err(Miss::Method) => return Err(ProxyError::MethodNotAllowed { route: host, method: parts.method.to_string() }),
     };
+    let client_version = parts.version;
     let rt: &RouteTarget = &m.route.target;
     let svc = &snap.services[rt.service];
     let settings = &gw.settings;
@@ -135,6 +136,8 @@ async fn proxy(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>, request_id
 
     let upstream_upgrade = (upstream_res.status() == StatusCode::SWITCHING_PROTOCOLS).then(|| hyper::upgrade::on(&mut upstream_res));
     let (mut res_parts, res_body) = upstream_res.into_parts();
+    // The client's connection has its own protocol version; the upstream's is hop-by-hop.
+    res_parts.version = client_version;
     let target = guard.0.addr.clone();
     let body = if let Some(upstream_side) = upstream_upgrade {
         let Some(client_side) = on_client_upgrade else {

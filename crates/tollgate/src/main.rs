@@ -1,1 +1,104 @@
-fn main() {}
+//! `tollgate`: see `tollgate --help`.
+
+use clap::Parser;
+use tollgate::cli::{Cli, Command, LogFormat};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Serve(args) => args.worker_threads,
+        _ => Some(1),
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tollgate: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = rt.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => {
+                init_logging(args.log_format);
+                serve(args).await
+            }
+            other => {
+                init_logging(LogFormat::Text);
+                tollgate::run_command(other).await
+            }
+        }
+    });
+    match code {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("tollgate: error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn serve(args: tollgate::ServeArgs) -> anyhow::Result<i32> {
+    let running = tollgate::start(args).await?;
+    if let Some(addr) = running.proxy_addr {
+        eprintln!("tollgate: proxy listening on http://{addr}");
+    }
+    if let Some(addr) = running.admin_addr {
+        eprintln!("tollgate: admin API listening on http://{addr}");
+        if let Some(token) = &running.new_admin_token {
+            eprintln!();
+            eprintln!("tollgate: created an admin token. It is shown only this once; store it now:");
+            eprintln!();
+            eprintln!("    {token}");
+            eprintln!();
+            eprintln!("    curl -H 'Authorization: Bearer {token}' http://{addr}/services");
+            eprintln!();
+        }
+    }
+    let stop = running.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections; draining in-flight requests");
+        stop.cancel();
+    });
+    running.wait().await;
+    tracing::info!("stopped");
+    Ok(0)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,150 @@
+//! Command-line interface. Every setting also reads a `TOLLGATE_*` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about = "Tollgate: an open-source API gateway and API management platform")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the platform: proxy, admin API (and later portal and workers).
+    Serve(ServeArgs),
+    /// Replace the stored configuration with a file, atomically.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Show what `apply` would change, without changing anything.
+    Diff {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Print the stored configuration as YAML (or JSON).
+    Export {
+        #[arg(long, value_enum, default_value_t = Format::Yaml)]
+        format: Format,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Create or upgrade the store's tables.
+    Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a configuration file without touching the store.
+    Validate { file: PathBuf },
+    /// Print the JSON Schema of the configuration file format.
+    Schema,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+/// Where the configuration store is.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Directory for the embedded SQLite store.
+    #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = "./tollgate-data")]
+    pub data_dir: PathBuf,
+    /// A `postgres://` URL switches the store to PostgreSQL.
+    #[arg(long, env = "TOLLGATE_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+/// A node role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    Gateway,
+    Admin,
+    Portal,
+    Worker,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Apply this configuration file to the store at start.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Roles to run, comma separated.
+    #[arg(long, env = "TOLLGATE_ROLES", value_delimiter = ',', default_value = "gateway,admin,portal,worker")]
+    pub roles: Vec<Role>,
+    #[arg(long, env = "TOLLGATE_PROXY_LISTEN", default_value = "0.0.0.0:8000")]
+    pub proxy_listen: SocketAddr,
+    #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", default_value = "127.0.0.1:8001")]
+    pub admin_listen: SocketAddr,
+    #[arg(long, env = "TOLLGATE_PORTAL_LISTEN", default_value = "0.0.0.0:8002")]
+    pub portal_listen: SocketAddr,
+    /// Redis for shared counters (used by rate limiting).
+    #[arg(long, env = "TOLLGATE_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Admin token to accept (stored hashed). Without it, a first start prints a new one.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Tokio worker threads; default: one per core.
+    #[arg(long, env = "TOLLGATE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+    /// Serve the proxy over TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "TOLLGATE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TOLLGATE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Proxies (CIDRs, comma separated) whose X-Forwarded-* and Forwarded headers are trusted.
+    #[arg(long, env = "TOLLGATE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Largest request head in bytes (431 above).
+    #[arg(long, env = "TOLLGATE_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+    /// Largest request body in bytes for every route (413 above); unlimited when unset.
+    #[arg(long, env = "TOLLGATE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<u64>,
+    /// Seconds allowed to send a request head.
+    #[arg(long, env = "TOLLGATE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may stall (408 above).
+    #[arg(long, env = "TOLLGATE_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
+    /// Most concurrent client connections.
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Seconds to drain in-flight requests on SIGTERM.
+    #[arg(long, env = "TOLLGATE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+    /// Milliseconds between checks of the store for configuration changes.
+    #[arg(long, env = "TOLLGATE_POLL_INTERVAL_MS", default_value_t = 250)]
+    pub poll_interval_ms: u64,
+    /// Log format.
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

@@ -1,0 +1,161 @@
+//! The `tollgate` binary's wiring: it opens the store, starts the roles a
+//! node runs (gateway, admin; portal and worker as they arrive), keeps the
+//! gateway's snapshot in step with the store, and shuts down gracefully. The
+//! crates below do the work; this one only connects them.
+
+pub mod cli;
+mod commands;
+mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tollgate_admin::{AdminState, NodeStatus};
+use tollgate_core::config::Config;
+use tollgate_proxy::settings::TlsFiles;
+use tollgate_proxy::{Gateway, Listener, ProxySettings};
+use tollgate_store::Store;
+
+pub use cli::{Cli, Command, Role, ServeArgs, StoreArgs};
+pub use commands::run_command;
+
+/// Opens the store named by the settings: PostgreSQL when a URL is given,
+/// else SQLite in the data directory.
+pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
+    match &args.database_url {
+        Some(url) => Store::connect(url).await.with_context(|| format!("cannot open the store at {}", redact(url))),
+        None => Store::open_data_dir(&args.data_dir)
+            .await
+            .with_context(|| format!("cannot open the store in {}", args.data_dir.display())),
+    }
+}
+
+/// Hides the password in a database URL.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Running {
+    pub proxy_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    pub gateway: Arc<Gateway>,
+    pub status: Arc<NodeStatus>,
+    pub store: Store,
+    pub shutdown: CancellationToken,
+    /// A new admin token, when this start created one.
+    pub new_admin_token: Option<String>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits until every role has stopped (after `shutdown` is cancelled).
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.gateway.stop();
+    }
+}
+
+fn proxy_settings(args: &ServeArgs) -> ProxySettings {
+    ProxySettings {
+        listen: args.proxy_listen,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        },
+        trusted_proxies: args.trusted_proxies.clone(),
+        max_header_bytes: args.max_header_bytes,
+        max_body_bytes: args.max_body_bytes,
+        header_read_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        body_read_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
+        max_connections: args.max_connections.max(1),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        ..ProxySettings::default()
+    }
+}
+
+/// Makes sure at least one admin token is accepted. Returns a new token when
+/// one had to be created.
+async fn bootstrap_admin_token(store: &Store, given: Option<&str>) -> anyhow::Result<Option<String>> {
+    use tollgate_admin::auth::{generate_token, hash_token};
+    if let Some(token) = given {
+        anyhow::ensure!(token.len() >= 16, "TOLLGATE_ADMIN_TOKEN must be at least 16 characters");
+        let hash = hash_token(token);
+        if !store.admin_token_exists(&hash).await? {
+            store.add_admin_token(&hash, "from TOLLGATE_ADMIN_TOKEN").await?;
+        }
+        return Ok(None);
+    }
+    if store.admin_token_count().await? > 0 {
+        return Ok(None);
+    }
+    let token = generate_token();
+    store.add_admin_token(&hash_token(&token), "created at first start").await?;
+    Ok(Some(token))
+}
+
+/// Starts a node with these settings. Returns once every listener is bound.
+pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
+    let store = open_store(&args.store).await?;
+    if let Some(file) = &args.config {
+        let config = Config::from_file(file)?;
+        let changes = store.apply(&config).await.with_context(|| format!("cannot apply {}", file.display()))?;
+        tracing::info!(file = %file.display(), changes = changes.changes.len(), "configuration file applied");
+    }
+    let new_admin_token = bootstrap_admin_token(&store, args.admin_token.as_deref()).await?;
+
+    let gateway = Gateway::new(proxy_settings(&args));
+    let status = Arc::new(NodeStatus::default());
+    let (revision, config) = store.export().await.context("cannot load the configuration")?;
+    gateway.install(&config, revision);
+    status.store_reachable(revision);
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(watch::run(
+        store.clone(),
+        gateway.clone(),
+        status.clone(),
+        Duration::from_millis(args.poll_interval_ms.max(10)),
+        shutdown.clone(),
+    )));
+
+    let mut proxy_addr = None;
+    if args.roles.contains(&Role::Gateway) {
+        let listener = Listener::bind(&gateway.settings).await?;
+        proxy_addr = Some(listener.local_addr()?);
+        tasks.push(tokio::spawn(tollgate_proxy::serve(listener, gateway.clone(), shutdown.clone())));
+    }
+    let mut admin_addr = None;
+    if args.roles.contains(&Role::Admin) {
+        let listener = tokio::net::TcpListener::bind(args.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
+        admin_addr = Some(listener.local_addr()?);
+        let app = tollgate_admin::router(AdminState { store: store.clone(), status: status.clone() });
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        }));
+    }
+    Ok(Running { proxy_addr, admin_addr, gateway, status, store, shutdown, new_admin_token, tasks })
+}
