@@ -26,7 +26,7 @@ fn parse(doc: &Document) -> Result<Config, ApiError> {
 }
 
 /// The whole configuration, as YAML (`Accept: application/yaml`) or JSON.
-#[utoipa::path(get, path = "/config", tag = "config", responses(
+#[utoipa::path(get, operation_id = "export_config", path = "/config", tag = "config", responses(
     (status = 200, body = Config, content_type = "application/json"),
     (status = 200, description = "The same as YAML", content_type = "application/yaml"),
 ))]
@@ -47,7 +47,7 @@ pub async fn export(State(s): State<AdminState>, headers: HeaderMap) -> Result<R
 }
 
 /// Replaces the whole configuration atomically; returns what changed.
-#[utoipa::path(put, path = "/config", tag = "config",
+#[utoipa::path(put, operation_id = "apply_config", path = "/config", tag = "config",
     request_body(content = Config, content_type = "application/yaml", description = "YAML or JSON"),
     responses((status = 200, body = ChangeSet), (status = 422, body = Problem)))]
 pub async fn apply(State(s): State<AdminState>, doc: Document) -> Result<axum::Json<ChangeSet>, ApiError> {
@@ -56,7 +56,7 @@ pub async fn apply(State(s): State<AdminState>, doc: Document) -> Result<axum::J
 }
 
 /// What `PUT /config` would change, without changing anything.
-#[utoipa::path(post, path = "/config/diff", tag = "config",
+#[utoipa::path(post, operation_id = "diff_config", path = "/config/diff", tag = "config",
     request_body(content = Config, content_type = "application/yaml", description = "YAML or JSON"),
     responses((status = 200, body = ChangeSet), (status = 422, body = Problem)))]
 pub async fn diff(State(s): State<AdminState>, doc: Document) -> Result<axum::Json<ChangeSet>, ApiError> {

@@ -72,7 +72,7 @@ fn scope_of(input: &PolicyIn) -> Result<PolicyScope, ApiError> {
 }
 
 /// Lists policies, optionally filtered by attachment.
-#[utoipa::path(get, path = "/policies", tag = "policies", params(PolicyQuery), responses((status = 200, body = Listed<PolicyRecord>)))]
+#[utoipa::path(get, operation_id = "list_policies", path = "/policies", tag = "policies", params(PolicyQuery), responses((status = 200, body = Listed<PolicyRecord>)))]
 pub async fn list(State(s): State<AdminState>, Query(q): Query<PolicyQuery>) -> Result<axum::Json<Listed<PolicyOut>>, ApiError> {
     let page = PageQuery { limit: q.limit, after: q.after.clone() }.page()?;
     let not_found = |raw: &str| ApiError::NotFound(format!("`{}` not found", raw.chars().take(64).collect::<String>()));
@@ -87,7 +87,7 @@ pub async fn list(State(s): State<AdminState>, Query(q): Query<PolicyQuery>) -> 
 }
 
 /// Attaches a policy.
-#[utoipa::path(post, path = "/policies", tag = "policies", request_body = PolicyIn,
+#[utoipa::path(post, operation_id = "create_policy", path = "/policies", tag = "policies", request_body = PolicyIn,
     responses((status = 201, body = PolicyRecord), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn create(State(s): State<AdminState>, Json(input): Json<PolicyIn>) -> Result<Response, ApiError> {
     let scope = scope_of(&input)?;
@@ -96,21 +96,21 @@ pub async fn create(State(s): State<AdminState>, Json(input): Json<PolicyIn>) ->
 }
 
 /// Reads a policy.
-#[utoipa::path(get, path = "/policies/{id}", tag = "policies", params(("id" = PolicyId, Path)),
+#[utoipa::path(get, operation_id = "get_policy", path = "/policies/{id}", tag = "policies", params(("id" = PolicyId, Path)),
     responses((status = 200, body = PolicyRecord), (status = 404, body = Problem)))]
 pub async fn read(State(s): State<AdminState>, Id(id): Id<PolicyId>) -> Result<axum::Json<PolicyOut>, ApiError> {
     Ok(axum::Json(s.store.get_policy(&id).await?))
 }
 
 /// Replaces a policy's configuration; its name and attachment stay.
-#[utoipa::path(put, path = "/policies/{id}", tag = "policies", params(("id" = PolicyId, Path)), request_body = PolicySpec,
+#[utoipa::path(put, operation_id = "replace_policy", path = "/policies/{id}", tag = "policies", params(("id" = PolicyId, Path)), request_body = PolicySpec,
     responses((status = 200, body = PolicyRecord), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn replace(State(s): State<AdminState>, Id(id): Id<PolicyId>, Json(spec): Json<PolicySpec>) -> Result<axum::Json<PolicyOut>, ApiError> {
     Ok(axum::Json(s.store.update_policy(&id, spec).await?))
 }
 
 /// Detaches a policy.
-#[utoipa::path(delete, path = "/policies/{id}", tag = "policies", params(("id" = PolicyId, Path)),
+#[utoipa::path(delete, operation_id = "delete_policy", path = "/policies/{id}", tag = "policies", params(("id" = PolicyId, Path)),
     responses((status = 204), (status = 404, body = Problem)))]
 pub async fn remove(State(s): State<AdminState>, Id(id): Id<PolicyId>) -> Result<StatusCode, ApiError> {
     s.store.delete_policy(&id).await?;

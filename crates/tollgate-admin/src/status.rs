@@ -67,7 +67,7 @@ pub fn router() -> Router<AdminState> {
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "status", security(()), responses((status = 200, body = Health)))]
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "status", security(()), responses((status = 200, body = Health)))]
 pub async fn healthz(State(s): State<AdminState>) -> axum::Json<Health> {
     axum::Json(Health {
         status: "ok",
@@ -79,7 +79,7 @@ pub async fn healthz(State(s): State<AdminState>) -> axum::Json<Health> {
 /// Readiness: a configuration is loaded and the store is reachable. While the
 /// store is down the node keeps serving its last good configuration, and this
 /// answers 503 with the reason.
-#[utoipa::path(get, path = "/readyz", tag = "status", security(()), responses(
+#[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "status", security(()), responses(
     (status = 200, body = Health),
     (status = 503, body = Problem, content_type = "application/problem+json"),
 ))]

@@ -1,0 +1,233 @@
+//! The admin API over a real socket, on SQLite and PostgreSQL.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tollgate_admin::auth::hash_token;
+use tollgate_admin::{AdminState, NodeStatus};
+use tollgate_store::Store;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+struct Api {
+    addr: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+    status: Arc<NodeStatus>,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: hyper::HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+    fn code(&self) -> String {
+        assert_eq!(self.headers["content-type"], "application/problem+json", "{}", self.text);
+        self.json()["code"].as_str().expect("code").to_owned()
+    }
+}
+
+impl Api {
+    async fn start(store: Store) -> Api {
+        store.add_admin_token(&hash_token(TOKEN), "test").await.expect("token");
+        let status = Arc::new(NodeStatus::default());
+        status.store_reachable(store.revision().await.expect("revision"));
+        let app = tollgate_admin::router(AdminState { store, status: status.clone() });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        Api { addr, client: Client::builder(TokioExecutor::new()).build_http(), status }
+    }
+
+    async fn call(&self, method: Method, path: &str, ct: Option<&str>, body: &str, auth: Option<&str>) -> Reply {
+        let mut b = Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
+        if let Some(ct) = ct {
+            b = b.header("content-type", ct);
+        }
+        if let Some(token) = auth {
+            b = b.header("authorization", format!("Bearer {token}"));
+        }
+        let res = self.client.request(b.body(Full::new(Bytes::from(body.to_owned()))).expect("request")).await.expect("response");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        Reply { status, headers, text: String::from_utf8_lossy(&bytes).into_owned() }
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, None, "", Some(TOKEN)).await
+    }
+    async fn send(&self, method: Method, path: &str, body: Value) -> Reply {
+        self.call(method, path, Some("application/json"), &body.to_string(), Some(TOKEN)).await
+    }
+}
+
+tollgate_store::backend_tests! {
+    async fn authentication_is_required(store) {
+        let api = Api::start(store).await;
+        let r = api.call(Method::GET, "/services", None, "", None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.code(), "unauthorized");
+        assert!(r.headers["www-authenticate"].to_str().expect("ascii").starts_with("Bearer"));
+        let r = api.call(Method::GET, "/services", None, "", Some("wrong-token")).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        for open in ["/healthz", "/readyz", "/openapi.json"] {
+            assert_eq!(api.call(Method::GET, open, None, "", None).await.status, StatusCode::OK, "{open}");
+        }
+    }
+
+    async fn service_and_route_crud_with_pagination(store) {
+        let api = Api::start(store).await;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let r = api.send(Method::POST, "/services", json!({"name": format!("svc{i}"), "url": "http://127.0.0.1:9000"})).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+            let id = r.json()["id"].as_str().expect("id").to_owned();
+            assert_eq!(r.headers["location"], format!("/services/{id}").as_str());
+            ids.push(id);
+        }
+        let mut seen = Vec::new();
+        let mut next: Option<String> = None;
+        for _ in 0..10 {
+            let path = match &next { Some(n) => format!("/services?limit=2&after={n}"), None => "/services?limit=2".into() };
+            let page = api.get(&path).await.json();
+            seen.extend(page["items"].as_array().expect("items").iter().map(|s| s["id"].as_str().expect("id").to_owned()));
+            next = page["next"].as_str().map(str::to_owned);
+            if next.is_none() { break; }
+        }
+        assert_eq!(seen, ids);
+
+        let svc = &ids[0];
+        let r = api.send(Method::PATCH, &format!("/services/{svc}"), json!({"retries": 0, "read_timeout": "2s"})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.json()["spec"]["retries"], 0);
+        assert_eq!(r.json()["spec"]["read_timeout"], "2s");
+        assert_eq!(r.json()["spec"]["url"], "http://127.0.0.1:9000");
+
+        let r = api.send(Method::POST, &format!("/services/{svc}/routes"), json!({"name": "r1", "paths": ["/a"]})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        let route = r.json()["id"].as_str().expect("id").to_owned();
+        let r = api.get(&format!("/services/{svc}/routes")).await;
+        assert_eq!(r.json()["items"][0]["id"], route.as_str());
+        let r = api.send(Method::PUT, &format!("/routes/{route}"), json!({"name": "r1", "paths": ["/b"], "strip_path": false})).await;
+        assert_eq!(r.json()["spec"]["paths"][0], "/b");
+
+        let r = api.send(Method::POST, "/policies", json!({"scope": "route", "route_id": route, "policy": {"name": "cors", "config": {"origins": ["*"]}}})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        let r = api.get(&format!("/policies?route_id={route}")).await;
+        assert_eq!(r.json()["items"].as_array().expect("items").len(), 1);
+
+        assert_eq!(api.call(Method::DELETE, &format!("/services/{svc}"), None, "", Some(TOKEN)).await.status, StatusCode::NO_CONTENT);
+        let r = api.get(&format!("/routes/{route}")).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert_eq!(r.code(), "not_found");
+        assert_eq!(api.get("/policies").await.json()["items"].as_array().expect("items").len(), 0);
+    }
+
+    async fn client_mistakes_get_4xx_problems(store) {
+        let api = Api::start(store).await;
+        let cases: Vec<(Method, &str, Option<&str>, &str, StatusCode, &str)> = vec![
+            (Method::POST, "/services", Some("application/json"), "{not json", StatusCode::BAD_REQUEST, "bad_request"),
+            (Method::POST, "/services", Some("text/plain"), "{}", StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            (Method::POST, "/services", None, "{}", StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            (Method::POST, "/services", Some("application/json"), r#"{"name": "x"}"#, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            (Method::POST, "/services", Some("application/json"), r#"{"name": "x", "url": "http://a:1", "bogus": 1}"#, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            (Method::POST, "/services", Some("application/json"), r#"{"name": "bad name", "url": "ftp://a"}"#, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            (Method::POST, "/services", Some("application/json"), r#"[1,2]"#, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            (Method::GET, "/services/svc_nope", None, "", StatusCode::NOT_FOUND, "not_found"),
+            (Method::GET, "/services/rt_01jd5m3x9q7k2v8r4t6y0w1zab", None, "", StatusCode::NOT_FOUND, "not_found"),
+            (Method::GET, "/services/svc_01jd5m3x9q7k2v8r4t6y0w1zab", None, "", StatusCode::NOT_FOUND, "not_found"),
+            (Method::GET, "/services?limit=0", None, "", StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            (Method::GET, "/services?limit=abc", None, "", StatusCode::BAD_REQUEST, "bad_request"),
+            (Method::GET, "/nowhere", None, "", StatusCode::NOT_FOUND, "not_found"),
+            (Method::DELETE, "/services", None, "", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            (Method::POST, "/policies", Some("application/json"), r#"{"scope": "service", "policy": {"name": "cors", "config": {"origins": ["*"]}}}"#, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            (Method::POST, "/policies", Some("application/json"), r#"{"scope": "global", "policy": {"name": "teleport", "config": {}}}"#, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            (Method::PUT, "/config", Some("application/yaml"), "services: [{name: a}]", StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            (Method::PUT, "/config", Some("application/yaml"), "services: [", StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+        ];
+        for (method, path, ct, body, status, code) in cases {
+            let r = api.call(method.clone(), path, ct, body, Some(TOKEN)).await;
+            assert_eq!(r.status, status, "{method} {path} {body}: {}", r.text);
+            assert_eq!(r.code(), code, "{method} {path} {body}");
+        }
+        // Oversized body.
+        let big = format!("{{\"name\": \"{}\"}}", "a".repeat(5 * 1024 * 1024));
+        let r = api.call(Method::POST, "/services", Some("application/json"), &big, Some(TOKEN)).await;
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+        // Conflict.
+        let body = json!({"name": "dup", "url": "http://127.0.0.1:1"});
+        assert_eq!(api.send(Method::POST, "/services", body.clone()).await.status, StatusCode::CREATED);
+        let r = api.send(Method::POST, "/services", body).await;
+        assert_eq!(r.status, StatusCode::CONFLICT);
+        assert_eq!(r.code(), "conflict");
+        // Validation errors name their path.
+        let r = api.send(Method::POST, "/services", json!({"name": "v", "url": "http://a:1", "retries": "many"})).await;
+        assert_eq!(r.json()["errors"][0]["path"], "retries");
+    }
+
+    async fn declarative_config_round_trips(store) {
+        let api = Api::start(store).await;
+        let yaml = "services:\n  - name: orders\n    url: http://127.0.0.1:9000\n    routes:\n      - name: orders\n        paths: [/orders]\n";
+        let r = api.call(Method::POST, "/config/diff", Some("application/yaml"), yaml, Some(TOKEN)).await;
+        assert_eq!(r.json()["changes"].as_array().expect("changes").len(), 2);
+        assert_eq!(api.get("/services").await.json()["items"].as_array().expect("items").len(), 0, "diff writes nothing");
+        let r = api.call(Method::PUT, "/config", Some("application/yaml"), yaml, Some(TOKEN)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let exported = api.call(Method::GET, "/config", None, "", Some(TOKEN)).await;
+        assert_eq!(exported.headers["content-type"], "application/json");
+        let rev = exported.headers["tollgate-config-revision"].to_str().expect("rev").to_owned();
+        let yaml_out = {
+            let mut b = Request::get(format!("http://{}/config", api.addr)).header("authorization", format!("Bearer {TOKEN}")).header("accept", "application/yaml");
+            b = b.header("x-test", "1");
+            let res = api.client.request(b.body(Full::new(Bytes::new())).expect("req")).await.expect("res");
+            String::from_utf8(res.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("utf8")
+        };
+        let r = api.call(Method::PUT, "/config", Some("application/yaml"), &yaml_out, Some(TOKEN)).await;
+        assert_eq!(r.json()["changes"].as_array().expect("changes").len(), 0, "export then apply changes nothing");
+        let again = api.call(Method::GET, "/config", None, "", Some(TOKEN)).await;
+        assert_eq!(again.headers["tollgate-config-revision"].to_str().expect("rev"), rev, "a no-op apply does not bump the revision");
+        assert_eq!(again.text, exported.text);
+        // A broken document changes nothing.
+        let r = api.call(Method::PUT, "/config", Some("application/yaml"), "services: [{name: orders, url: 'http://x:1', routes: [{name: r, paths: [nope]}]}]", Some(TOKEN)).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(r.json()["errors"][0]["path"], "services[0].routes[0].paths[0]");
+        assert_eq!(api.call(Method::GET, "/config", None, "", Some(TOKEN)).await.text, exported.text);
+    }
+
+    async fn readiness_reports_the_store(store) {
+        let api = Api::start(store).await;
+        let r = api.call(Method::GET, "/readyz", None, "", None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.json()["status"], "ready");
+        assert!(api.status.store_unreachable("connection refused".into()));
+        assert!(!api.status.store_unreachable("connection refused".into()), "an incident starts once");
+        let r = api.call(Method::GET, "/readyz", None, "", None).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.code(), "store_unavailable");
+        assert!(r.json()["detail"].as_str().expect("detail").contains("last good configuration"));
+        assert_eq!(api.call(Method::GET, "/healthz", None, "", None).await.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn openapi_document_is_served() {
+    let (store, _dir) = tollgate_store::testing::sqlite_store().await;
+    let api = Api::start(store).await;
+    let r = api.call(Method::GET, "/openapi.json", None, "", None).await;
+    assert_eq!(r.text, tollgate_admin::openapi::document());
+    let doc = r.json();
+    assert!(doc["paths"]["/services/{id}"]["patch"].is_object());
+    assert!(doc["components"]["securitySchemes"]["admin_token"].is_object());
+}
