@@ -15,12 +15,16 @@ use crate::error::ApiError;
 use crate::extract::Document;
 
 pub fn router() -> Router<AdminState> {
-    Router::new().route("/config", get(export).put(apply)).route("/config/diff", post(diff))
+    Router::new()
+        .route("/config", get(export).put(apply))
+        .route("/config/diff", post(diff))
 }
 
 fn parse(doc: &Document) -> Result<Config, ApiError> {
     Config::from_yaml(&doc.text, "request body").map_err(|e| match e {
-        ConfigError::Parse { .. } | ConfigError::Invalid { .. } => ApiError::Invalid(e.field_errors()),
+        ConfigError::Parse { .. } | ConfigError::Invalid { .. } => {
+            ApiError::Invalid(e.field_errors())
+        }
         ConfigError::Io { .. } => ApiError::BadRequest(e.to_string()),
     })
 }
@@ -38,7 +42,14 @@ pub async fn export(State(s): State<AdminState>, headers: HeaderMap) -> Result<R
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("yaml"));
     let mut res = if wants_yaml {
-        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"))], config.to_yaml()).into_response()
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/yaml"),
+            )],
+            config.to_yaml(),
+        )
+            .into_response()
     } else {
         axum::Json(config).into_response()
     };
@@ -50,7 +61,10 @@ pub async fn export(State(s): State<AdminState>, headers: HeaderMap) -> Result<R
 #[utoipa::path(put, operation_id = "apply_config", path = "/config", tag = "config",
     request_body(content = Config, content_type = "application/yaml", description = "YAML or JSON"),
     responses((status = 200, body = ChangeSet), (status = 422, body = Problem)))]
-pub async fn apply(State(s): State<AdminState>, doc: Document) -> Result<axum::Json<ChangeSet>, ApiError> {
+pub async fn apply(
+    State(s): State<AdminState>,
+    doc: Document,
+) -> Result<axum::Json<ChangeSet>, ApiError> {
     let config = parse(&doc)?;
     Ok(axum::Json(s.store.apply(&config).await?))
 }
@@ -59,7 +73,10 @@ pub async fn apply(State(s): State<AdminState>, doc: Document) -> Result<axum::J
 #[utoipa::path(post, operation_id = "diff_config", path = "/config/diff", tag = "config",
     request_body(content = Config, content_type = "application/yaml", description = "YAML or JSON"),
     responses((status = 200, body = ChangeSet), (status = 422, body = Problem)))]
-pub async fn diff(State(s): State<AdminState>, doc: Document) -> Result<axum::Json<ChangeSet>, ApiError> {
+pub async fn diff(
+    State(s): State<AdminState>,
+    doc: Document,
+) -> Result<axum::Json<ChangeSet>, ApiError> {
     let config = parse(&doc)?;
     Ok(axum::Json(s.store.diff(&config).await?))
 }

@@ -28,23 +28,29 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         match self {
             ApiError::BadRequest(d) => Problem::new(ErrorCode::BadRequest).detail(d.clone()),
-            ApiError::UnsupportedMediaType(d) => Problem::new(ErrorCode::UnsupportedMediaType).detail(d.clone()),
-            ApiError::NotFound(d) => Problem::new(ErrorCode::NotFound).detail(d.clone()),
-            ApiError::Unauthorized => {
-                Problem::new(ErrorCode::Unauthorized).detail("send `Authorization: Bearer <admin token>`")
+            ApiError::UnsupportedMediaType(d) => {
+                Problem::new(ErrorCode::UnsupportedMediaType).detail(d.clone())
             }
-            ApiError::PayloadTooLarge(d) => Problem::new(ErrorCode::PayloadTooLarge).detail(d.clone()),
+            ApiError::NotFound(d) => Problem::new(ErrorCode::NotFound).detail(d.clone()),
+            ApiError::Unauthorized => Problem::new(ErrorCode::Unauthorized)
+                .detail("send `Authorization: Bearer <admin token>`"),
+            ApiError::PayloadTooLarge(d) => {
+                Problem::new(ErrorCode::PayloadTooLarge).detail(d.clone())
+            }
             ApiError::Invalid(errors) => Problem::new(ErrorCode::ValidationFailed)
                 .detail(summary(errors))
                 .with_errors(errors.clone()),
             ApiError::Store(e) => match e {
-                StoreError::NotFound { .. } => Problem::new(ErrorCode::NotFound).detail(e.to_string()),
+                StoreError::NotFound { .. } => {
+                    Problem::new(ErrorCode::NotFound).detail(e.to_string())
+                }
                 StoreError::Conflict(m) => Problem::new(ErrorCode::Conflict).detail(m.clone()),
                 StoreError::Invalid(errors) => Problem::new(ErrorCode::ValidationFailed)
                     .detail(summary(errors))
                     .with_errors(errors.clone()),
-                StoreError::Unavailable(_) => Problem::new(ErrorCode::StoreUnavailable)
-                    .detail("the configuration store cannot be reached; nothing was changed, retry later"),
+                StoreError::Unavailable(_) => Problem::new(ErrorCode::StoreUnavailable).detail(
+                    "the configuration store cannot be reached; nothing was changed, retry later",
+                ),
                 StoreError::Corrupt(_) | StoreError::Internal(_) => {
                     Problem::new(ErrorCode::Internal).detail("internal error; see the server log")
                 }
@@ -63,14 +69,20 @@ fn summary(errors: &[FieldError]) -> String {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Store(e) = &self {
-            if !matches!(e, StoreError::NotFound { .. } | StoreError::Conflict(_) | StoreError::Invalid(_)) {
-                tracing::error!(error = %e, "admin request failed in the store");
-            }
+        if let ApiError::Store(e) = &self
+            && !matches!(
+                e,
+                StoreError::NotFound { .. } | StoreError::Conflict(_) | StoreError::Invalid(_)
+            )
+        {
+            tracing::error!(error = %e, "admin request failed in the store");
         }
         let mut res = problem_response(&self.problem());
         if matches!(self, ApiError::Unauthorized) {
-            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tollgate-admin\""));
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
+            );
         }
         res
     }
@@ -79,13 +91,24 @@ impl IntoResponse for ApiError {
 /// Renders any problem as a response.
 pub fn problem_response(p: &Problem) -> Response {
     let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], p.to_json()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
+        p.to_json(),
+    )
+        .into_response()
 }
 
 pub async fn not_found_fallback(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no admin endpoint at `{}`", uri.path()))
 }
 
-pub async fn method_not_allowed_fallback(method: axum::http::Method, uri: axum::http::Uri) -> Response {
-    problem_response(&Problem::new(ErrorCode::MethodNotAllowed).detail(format!("{method} is not allowed on `{}`", uri.path())))
+pub async fn method_not_allowed_fallback(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Response {
+    problem_response(
+        &Problem::new(ErrorCode::MethodNotAllowed)
+            .detail(format!("{method} is not allowed on `{}`", uri.path())),
+    )
 }

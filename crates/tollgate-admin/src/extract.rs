@@ -21,15 +21,29 @@ pub enum Format {
 }
 
 fn format_of(parts: &axum::http::HeaderMap, allow_yaml: bool) -> Result<Format, ApiError> {
-    let ct = parts.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ct = parts
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match mime.as_str() {
         "application/json" | "application/merge-patch+json" => Ok(Format::Json),
         "application/yaml" | "application/x-yaml" | "text/yaml" if allow_yaml => Ok(Format::Yaml),
-        "" => Err(ApiError::UnsupportedMediaType("send a body with `Content-Type: application/json`".into())),
+        "" => Err(ApiError::UnsupportedMediaType(
+            "send a body with `Content-Type: application/json`".into(),
+        )),
         other => Err(ApiError::UnsupportedMediaType(format!(
             "`{other}` is not accepted here; use application/json{}",
-            if allow_yaml { " or application/yaml" } else { "" }
+            if allow_yaml {
+                " or application/yaml"
+            } else {
+                ""
+            }
         ))),
     }
 }
@@ -37,7 +51,11 @@ fn format_of(parts: &axum::http::HeaderMap, allow_yaml: bool) -> Result<Format, 
 async fn read_body(req: Request) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(req.into_body(), MAX_BODY)
         .await
-        .map_err(|_| ApiError::PayloadTooLarge(format!("the body is larger than {MAX_BODY} bytes or was cut off")))
+        .map_err(|_| {
+            ApiError::PayloadTooLarge(format!(
+                "the body is larger than {MAX_BODY} bytes or was cut off"
+            ))
+        })
 }
 
 /// Deserialises JSON, reporting the path of the first error.
@@ -50,7 +68,10 @@ pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if inner.is_syntax() || inner.is_eof() {
             ApiError::BadRequest(format!("the body is not valid JSON: {reason}"))
         } else {
-            ApiError::Invalid(vec![FieldError { path: if path == "." { String::new() } else { path }, reason }])
+            ApiError::Invalid(vec![FieldError {
+                path: if path == "." { String::new() } else { path },
+                reason,
+            }])
         }
     })
 }
@@ -80,7 +101,8 @@ impl<S: Send + Sync> FromRequest<S> for Document {
     async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
         let format = format_of(req.headers(), true)?;
         let bytes = read_body(req).await?;
-        let text = String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
         Ok(Document { format, text })
     }
 }
@@ -95,10 +117,16 @@ where
 {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let axum::extract::Path(raw): axum::extract::Path<String> = axum::extract::Path::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        raw.parse::<T>().map(Id).map_err(|_| ApiError::NotFound(format!("`{}` not found", raw.chars().take(64).collect::<String>())))
+        let axum::extract::Path(raw): axum::extract::Path<String> =
+            axum::extract::Path::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        raw.parse::<T>().map(Id).map_err(|_| {
+            ApiError::NotFound(format!(
+                "`{}` not found",
+                raw.chars().take(64).collect::<String>()
+            ))
+        })
     }
 }
 
@@ -116,9 +144,15 @@ impl PageQuery {
     pub fn page(&self) -> Result<tollgate_store::Page, ApiError> {
         let limit = self.limit.unwrap_or(tollgate_store::Page::DEFAULT_LIMIT);
         if limit == 0 || limit > tollgate_store::Page::MAX_LIMIT {
-            return Err(ApiError::Invalid(vec![FieldError { path: "limit".into(), reason: "must be between 1 and 1000".into() }]));
+            return Err(ApiError::Invalid(vec![FieldError {
+                path: "limit".into(),
+                reason: "must be between 1 and 1000".into(),
+            }]));
         }
-        Ok(tollgate_store::Page { limit, after: self.after.clone() })
+        Ok(tollgate_store::Page {
+            limit,
+            after: self.after.clone(),
+        })
     }
 }
 
@@ -156,9 +190,14 @@ pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
 }
 
 /// Patches a spec: serialise, merge, deserialise (with paths in errors).
-pub fn patch_spec<T: serde::Serialize + DeserializeOwned>(spec: &T, patch: &serde_json::Value) -> Result<T, ApiError> {
+pub fn patch_spec<T: serde::Serialize + DeserializeOwned>(
+    spec: &T,
+    patch: &serde_json::Value,
+) -> Result<T, ApiError> {
     if !patch.is_object() {
-        return Err(ApiError::BadRequest("a merge patch must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "a merge patch must be a JSON object".into(),
+        ));
     }
     let mut value = serde_json::to_value(spec).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     merge_patch(&mut value, patch);

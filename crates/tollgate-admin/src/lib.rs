@@ -40,7 +40,10 @@ pub fn router(state: AdminState) -> Router {
         .merge(routes::router())
         .merge(policies::router())
         .merge(config::router())
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
     Router::new()
         .merge(status::router())
         .merge(openapi::router())

@@ -35,7 +35,10 @@ struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("admin_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
@@ -47,7 +50,15 @@ pub fn document() -> String {
 }
 
 pub fn router() -> Router<AdminState> {
-    Router::new().route("/openapi.json", get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], document()) }))
+    Router::new().route(
+        "/openapi.json",
+        get(|| async {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                document(),
+            )
+        }),
+    )
 }
 
 #[cfg(test)]
@@ -62,7 +73,10 @@ mod tests {
             std::fs::write(&path, &fresh).expect("write openapi.json");
         }
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(committed == fresh, "docs/openapi.json is stale; run TOLLGATE_BLESS=1 cargo test -p tollgate-admin");
+        assert!(
+            committed == fresh,
+            "docs/openapi.json is stale; run TOLLGATE_BLESS=1 cargo test -p tollgate-admin"
+        );
         let v: serde_json::Value = serde_json::from_str(&fresh).expect("json");
         assert!(v["openapi"].as_str().expect("version").starts_with("3.1"));
     }

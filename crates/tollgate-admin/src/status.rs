@@ -24,7 +24,11 @@ pub struct NodeStatus {
 
 impl Default for NodeStatus {
     fn default() -> Self {
-        NodeStatus { store_ok: AtomicBool::new(true), revision: AtomicI64::new(-1), last_error: Mutex::new(None) }
+        NodeStatus {
+            store_ok: AtomicBool::new(true),
+            revision: AtomicI64::new(-1),
+            last_error: Mutex::new(None),
+        }
     }
 }
 
@@ -63,7 +67,9 @@ pub struct Health {
 }
 
 pub fn router() -> Router<AdminState> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
 }
 
 /// Liveness: the process answers.
@@ -72,7 +78,11 @@ pub async fn healthz(State(s): State<AdminState>) -> axum::Json<Health> {
     axum::Json(Health {
         status: "ok",
         config_revision: s.status.revision(),
-        store: if s.status.is_store_ok() { "ok" } else { "unreachable" },
+        store: if s.status.is_store_ok() {
+            "ok"
+        } else {
+            "unreachable"
+        },
     })
 }
 
@@ -86,13 +96,26 @@ pub async fn healthz(State(s): State<AdminState>) -> axum::Json<Health> {
 pub async fn readyz(State(s): State<AdminState>) -> Response {
     let rev = s.status.revision();
     if rev < 0 {
-        return problem_response(&Problem::new(ErrorCode::StoreUnavailable).detail("no configuration loaded yet"));
+        return problem_response(
+            &Problem::new(ErrorCode::StoreUnavailable).detail("no configuration loaded yet"),
+        );
     }
     if !s.status.is_store_ok() {
-        let why = s.status.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default();
+        let why = s
+            .status
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default();
         return problem_response(&Problem::new(ErrorCode::StoreUnavailable).detail(format!(
             "configuration store unreachable ({why}); serving the last good configuration, revision {rev}"
         )));
     }
-    axum::Json(Health { status: "ready", config_revision: rev, store: "ok" }).into_response()
+    axum::Json(Health {
+        status: "ready",
+        config_revision: rev,
+        store: "ok",
+    })
+    .into_response()
 }

@@ -33,43 +33,86 @@ impl Reply {
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
     fn code(&self) -> String {
-        assert_eq!(self.headers["content-type"], "application/problem+json", "{}", self.text);
+        assert_eq!(
+            self.headers["content-type"], "application/problem+json",
+            "{}",
+            self.text
+        );
         self.json()["code"].as_str().expect("code").to_owned()
     }
 }
 
 impl Api {
     async fn start(store: Store) -> Api {
-        store.add_admin_token(&hash_token(TOKEN), "test").await.expect("token");
+        store
+            .add_admin_token(&hash_token(TOKEN), "test")
+            .await
+            .expect("token");
         let status = Arc::new(NodeStatus::default());
         status.store_reachable(store.revision().await.expect("revision"));
-        let app = tollgate_admin::router(AdminState { store, status: status.clone() });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let app = tollgate_admin::router(AdminState {
+            store,
+            status: status.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-        Api { addr, client: Client::builder(TokioExecutor::new()).build_http(), status }
+        Api {
+            addr,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            status,
+        }
     }
 
-    async fn call(&self, method: Method, path: &str, ct: Option<&str>, body: &str, auth: Option<&str>) -> Reply {
-        let mut b = Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        ct: Option<&str>,
+        body: &str,
+        auth: Option<&str>,
+    ) -> Reply {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
         if let Some(ct) = ct {
             b = b.header("content-type", ct);
         }
         if let Some(token) = auth {
             b = b.header("authorization", format!("Bearer {token}"));
         }
-        let res = self.client.request(b.body(Full::new(Bytes::from(body.to_owned()))).expect("request")).await.expect("response");
+        let res = self
+            .client
+            .request(
+                b.body(Full::new(Bytes::from(body.to_owned())))
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
         let status = res.status();
         let headers = res.headers().clone();
         let bytes = res.into_body().collect().await.expect("body").to_bytes();
-        Reply { status, headers, text: String::from_utf8_lossy(&bytes).into_owned() }
+        Reply {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
     }
 
     async fn get(&self, path: &str) -> Reply {
         self.call(Method::GET, path, None, "", Some(TOKEN)).await
     }
     async fn send(&self, method: Method, path: &str, body: Value) -> Reply {
-        self.call(method, path, Some("application/json"), &body.to_string(), Some(TOKEN)).await
+        self.call(
+            method,
+            path,
+            Some("application/json"),
+            &body.to_string(),
+            Some(TOKEN),
+        )
+        .await
     }
 }
 

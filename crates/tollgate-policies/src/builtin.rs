@@ -2,7 +2,9 @@
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, request, response};
-use tollgate_core::config::{CorsConfig, HeaderTransform, IpRestrictionConfig, PolicySpec, RequestSizeLimitConfig};
+use tollgate_core::config::{
+    CorsConfig, HeaderTransform, IpRestrictionConfig, PolicySpec, RequestSizeLimitConfig,
+};
 use tollgate_core::problem::ErrorCode;
 
 use crate::{Flow, Policy, Reply, RequestCtx};
@@ -25,8 +27,12 @@ impl Builtin {
             PolicySpec::Cors(c) => Builtin::Cors(Cors::new(c)),
             PolicySpec::IpRestriction(c) => Builtin::IpRestriction(IpRestriction::new(c)),
             PolicySpec::RequestSizeLimit(c) => Builtin::RequestSizeLimit(RequestSizeLimit::new(c)),
-            PolicySpec::RequestTransformer(t) => Builtin::RequestTransformer(HeaderTransformer::new("request_transformer", t)),
-            PolicySpec::ResponseTransformer(t) => Builtin::ResponseTransformer(HeaderTransformer::new("response_transformer", t)),
+            PolicySpec::RequestTransformer(t) => {
+                Builtin::RequestTransformer(HeaderTransformer::new("request_transformer", t))
+            }
+            PolicySpec::ResponseTransformer(t) => {
+                Builtin::ResponseTransformer(HeaderTransformer::new("response_transformer", t))
+            }
         }
     }
 }
@@ -70,7 +76,10 @@ pub struct IpRestriction {
 
 impl IpRestriction {
     pub fn new(c: &IpRestrictionConfig) -> Self {
-        IpRestriction { allow: c.allow.clone(), deny: c.deny.clone() }
+        IpRestriction {
+            allow: c.allow.clone(),
+            deny: c.deny.clone(),
+        }
     }
 
     fn permits(&self, ip: std::net::IpAddr) -> bool {
@@ -98,7 +107,13 @@ impl Policy for IpRestriction {
         if self.permits(ctx.client_ip) {
             Flow::Continue
         } else {
-            let p = ctx.problem(ErrorCode::IpForbidden, format!("requests from {} are not allowed on this route", ctx.client_ip));
+            let p = ctx.problem(
+                ErrorCode::IpForbidden,
+                format!(
+                    "requests from {} are not allowed on this route",
+                    ctx.client_ip
+                ),
+            );
             Flow::Reply(Reply::problem(&p))
         }
     }
@@ -119,30 +134,53 @@ pub struct Cors {
 }
 
 fn join(values: &[String]) -> Option<HeaderValue> {
-    if values.is_empty() { None } else { HeaderValue::from_str(&values.join(", ")).ok() }
+    if values.is_empty() {
+        None
+    } else {
+        HeaderValue::from_str(&values.join(", ")).ok()
+    }
 }
 
 impl Cors {
     pub fn new(c: &CorsConfig) -> Self {
         Cors {
             any_origin: c.origins.iter().any(|o| o == "*"),
-            origins: c.origins.iter().filter(|o| *o != "*").filter_map(|o| HeaderValue::from_str(o).ok()).collect(),
+            origins: c
+                .origins
+                .iter()
+                .filter(|o| *o != "*")
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect(),
             methods: join(&c.methods).unwrap_or(HeaderValue::from_static("GET, HEAD, POST")),
-            allowed_methods: c.methods.iter().filter_map(|m| Method::from_bytes(m.as_bytes()).ok()).collect(),
+            allowed_methods: c
+                .methods
+                .iter()
+                .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                .collect(),
             headers: join(&c.headers),
             exposed: join(&c.exposed_headers),
             credentials: c.credentials,
-            max_age: c.max_age.and_then(|d| HeaderValue::from_str(&d.get().as_secs().to_string()).ok()),
+            max_age: c
+                .max_age
+                .and_then(|d| HeaderValue::from_str(&d.get().as_secs().to_string()).ok()),
             preflight_continue: c.preflight_continue,
         }
     }
 
     fn allowed(&self, origin: &HeaderValue) -> bool {
-        self.any_origin || self.origins.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+        self.any_origin
+            || self
+                .origins
+                .iter()
+                .any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
     }
 
     fn allow_origin_value(&self, origin: &HeaderValue) -> HeaderValue {
-        if self.any_origin && !self.credentials { HeaderValue::from_static("*") } else { origin.clone() }
+        if self.any_origin && !self.credentials {
+            HeaderValue::from_static("*")
+        } else {
+            origin.clone()
+        }
     }
 }
 
@@ -155,7 +193,10 @@ impl Policy for Cors {
         let Some(origin) = req.headers.get(header::ORIGIN).cloned() else {
             return Flow::Continue;
         };
-        let preflight = req.method == Method::OPTIONS && req.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let preflight = req.method == Method::OPTIONS
+            && req
+                .headers
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
         if !self.allowed(&origin) {
             if preflight && !self.preflight_continue {
                 let p = ctx.problem(ErrorCode::CorsRejected, "this origin may not call this API");
@@ -167,37 +208,59 @@ impl Policy for Cors {
         if !preflight || self.preflight_continue {
             return Flow::Continue;
         }
-        let asked = req.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD).and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+        let asked = req
+            .headers
+            .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
         if !asked.is_some_and(|m| self.allowed_methods.contains(&m)) {
-            let p = ctx.problem(ErrorCode::CorsRejected, "the requested method is not allowed cross-origin");
+            let p = ctx.problem(
+                ErrorCode::CorsRejected,
+                "the requested method is not allowed cross-origin",
+            );
             return Flow::Reply(Reply::problem(&p));
         }
         let mut reply = Reply::empty(StatusCode::NO_CONTENT);
         let h = &mut reply.headers;
         h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, self.methods.clone());
-        let req_headers = req.headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
+        let req_headers = req
+            .headers
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned();
         if let Some(v) = self.headers.clone().or(req_headers) {
             h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
         }
         if let Some(v) = &self.max_age {
             h.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
         }
-        h.append(header::VARY, HeaderValue::from_static("Access-Control-Request-Method, Access-Control-Request-Headers"));
+        h.append(
+            header::VARY,
+            HeaderValue::from_static(
+                "Access-Control-Request-Method, Access-Control-Request-Headers",
+            ),
+        );
         Flow::Reply(reply)
     }
 
     fn response(&self, ctx: &mut RequestCtx, res: &mut response::Parts) {
-        let Some(origin) = ctx.cors_origin.clone() else { return };
+        let Some(origin) = ctx.cors_origin.clone() else {
+            return;
+        };
         let wildcard = origin.as_bytes() == b"*";
-        res.headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        res.headers
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         if !wildcard {
-            res.headers.append(header::VARY, HeaderValue::from_static("Origin"));
+            res.headers
+                .append(header::VARY, HeaderValue::from_static("Origin"));
         }
         if self.credentials {
-            res.headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            res.headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
         }
         if let Some(v) = &self.exposed {
-            res.headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+            res.headers
+                .insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
         }
     }
 }
@@ -220,9 +283,19 @@ impl Policy for RequestSizeLimit {
         "request_size_limit"
     }
     async fn access(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Flow {
-        let declared = req.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let declared = req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         if let Some(len) = declared.filter(|len| *len > self.max) {
-            let p = ctx.problem(ErrorCode::PayloadTooLarge, format!("the body is {len} bytes; this route accepts at most {}", self.max));
+            let p = ctx.problem(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the body is {len} bytes; this route accepts at most {}",
+                    self.max
+                ),
+            );
             return Flow::Reply(Reply::problem(&p));
         }
         ctx.limit_body(self.max);
@@ -242,7 +315,12 @@ pub struct HeaderTransformer {
 
 fn pairs(map: &std::collections::BTreeMap<String, String>) -> Vec<(HeaderName, HeaderValue)> {
     map.iter()
-        .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?)))
+        .filter_map(|(k, v)| {
+            Some((
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        })
         .collect()
 }
 
@@ -250,7 +328,11 @@ impl HeaderTransformer {
     pub fn new(name: &'static str, t: &HeaderTransform) -> Self {
         HeaderTransformer {
             name,
-            remove: t.remove.iter().filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok()).collect(),
+            remove: t
+                .remove
+                .iter()
+                .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                .collect(),
             set: pairs(&t.set),
             add: pairs(&t.add),
             append: pairs(&t.append),

@@ -8,7 +8,13 @@ use crate::{Builtin, Flow, LogSummary, Policy, RequestCtx};
 /// The fixed execution order of built-in policies. Address rules run first so
 /// a denied client learns nothing else; CORS answers preflights before any
 /// later check; size limits run before anything reads the body.
-pub const ORDER: &[&str] = &["ip_restriction", "cors", "request_size_limit", "request_transformer", "response_transformer"];
+pub const ORDER: &[&str] = &[
+    "ip_restriction",
+    "cors",
+    "request_size_limit",
+    "request_transformer",
+    "response_transformer",
+];
 
 fn rank(name: &str) -> usize {
     ORDER.iter().position(|n| *n == name).unwrap_or(ORDER.len())
@@ -17,7 +23,11 @@ fn rank(name: &str) -> usize {
 /// Merges the policies attached globally, to a service and to a route. A
 /// policy attached at a narrower level replaces the same policy from a wider
 /// one (route over service over global). The result is in [`ORDER`].
-pub fn merge_specs<'a>(global: &'a [PolicySpec], service: &'a [PolicySpec], route: &'a [PolicySpec]) -> Vec<&'a PolicySpec> {
+pub fn merge_specs<'a>(
+    global: &'a [PolicySpec],
+    service: &'a [PolicySpec],
+    route: &'a [PolicySpec],
+) -> Vec<&'a PolicySpec> {
     let mut out: Vec<&PolicySpec> = Vec::new();
     for level in [route, service, global] {
         for spec in level {
@@ -38,7 +48,12 @@ pub struct Chain {
 
 impl Chain {
     pub fn compile(global: &[PolicySpec], service: &[PolicySpec], route: &[PolicySpec]) -> Chain {
-        Chain { policies: merge_specs(global, service, route).into_iter().map(Builtin::compile).collect() }
+        Chain {
+            policies: merge_specs(global, service, route)
+                .into_iter()
+                .map(Builtin::compile)
+                .collect(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -52,7 +67,11 @@ impl Chain {
 
     /// Runs the access phase. On a reply, returns it with the number of
     /// policies that ran, so later phases run only for those.
-    pub async fn access(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Result<(), (crate::Reply, usize)> {
+    pub async fn access(
+        &self,
+        ctx: &mut RequestCtx,
+        req: &mut request::Parts,
+    ) -> Result<(), (crate::Reply, usize)> {
         for (i, p) in self.policies.iter().enumerate() {
             if let Flow::Reply(r) = p.access(ctx, req).await {
                 return Err((r, i + 1));

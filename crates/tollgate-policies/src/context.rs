@@ -32,7 +32,13 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new(request_id: HeaderValue, peer_ip: IpAddr, client_ip: IpAddr, route: Arc<str>, service: Arc<str>) -> Self {
+    pub fn new(
+        request_id: HeaderValue,
+        peer_ip: IpAddr,
+        client_ip: IpAddr,
+        route: Arc<str>,
+        service: Arc<str>,
+    ) -> Self {
         RequestCtx {
             request_id,
             peer_ip,
@@ -83,12 +89,20 @@ impl Reply {
     pub fn problem(problem: &Problem) -> Reply {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        Reply { status: problem.status_code(), headers, body: Bytes::from(problem.to_json()) }
+        Reply {
+            status: problem.status_code(),
+            headers,
+            body: Bytes::from(problem.to_json()),
+        }
     }
 
     /// A response without a body.
     pub fn empty(status: StatusCode) -> Reply {
-        Reply { status, headers: HeaderMap::new(), body: Bytes::new() }
+        Reply {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        }
     }
 }
 

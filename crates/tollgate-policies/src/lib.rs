@@ -44,7 +44,11 @@ pub trait Policy: Send + Sync + 'static {
     /// [`Flow::Reply`] to answer the client now: no later policy's `access`
     /// runs and nothing is sent upstream, but `response` and `log` still run
     /// for the policies before this one and for this one.
-    fn access(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> impl Future<Output = Flow> + Send {
+    fn access(
+        &self,
+        ctx: &mut RequestCtx,
+        req: &mut request::Parts,
+    ) -> impl Future<Output = Flow> + Send {
         let _ = (ctx, req);
         async { Flow::Continue }
     }

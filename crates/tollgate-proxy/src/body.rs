@@ -71,7 +71,11 @@ impl ReplayableBody {
     pub fn new(body: Incoming) -> Self {
         let hint = body.size_hint();
         let end = body.is_end_stream();
-        ReplayableBody { slot: Arc::new(Mutex::new(Some(body))), hint, end }
+        ReplayableBody {
+            slot: Arc::new(Mutex::new(Some(body))),
+            hint,
+            end,
+        }
     }
 
     /// Whether the body is still untouched (so an attempt may be repeated).
@@ -86,9 +90,13 @@ impl ReplayableBody {
     /// A body for one upstream attempt.
     pub fn attempt(&self, limit: Option<u64>, idle: Duration, wire: Arc<TripWire>) -> UpstreamBody {
         UpstreamBody {
-            slot: if self.end { None } else { Some(self.slot.clone()) },
+            slot: if self.end {
+                None
+            } else {
+                Some(self.slot.clone())
+            },
             inner: None,
-            hint: self.hint.clone(),
+            hint: self.hint,
             end: self.end,
             limit,
             seen: 0,
@@ -134,19 +142,26 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if this.end {
             return Poll::Ready(None);
         }
         if this.inner.is_none() {
-            let Some(slot) = this.slot.take() else { return Poll::Ready(None) };
+            let Some(slot) = this.slot.take() else {
+                return Poll::Ready(None);
+            };
             this.inner = slot.lock().ok().and_then(|mut s| s.take());
             if this.inner.is_none() {
                 return Poll::Ready(None);
             }
         }
-        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -169,7 +184,9 @@ impl Body for UpstreamBody {
             }
             Poll::Pending => {
                 let idle = this.idle;
-                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 ready!(timer.as_mut().poll(cx));
                 this.wire.set(Tripped::Timeout);
                 Poll::Ready(Some(Err(Box::new(BodyError::Timeout(idle)))))
@@ -182,7 +199,7 @@ impl Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
@@ -212,7 +229,12 @@ impl ProxyBody {
     pub fn empty() -> Self {
         ProxyBody::Full(None)
     }
-    pub fn upstream(inner: Incoming, idle: Duration, deadline: Option<Instant>, guard: InFlight) -> Self {
+    pub fn upstream(
+        inner: Incoming,
+        idle: Duration,
+        deadline: Option<Instant>,
+        guard: InFlight,
+    ) -> Self {
         ProxyBody::Upstream(Box::new(UpstreamResponse {
             inner,
             idle,
@@ -227,15 +249,22 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut *self {
-            ProxyBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
             ProxyBody::Upstream(u) => {
-                if let Some(d) = u.deadline.as_mut() {
-                    if d.as_mut().poll(cx).is_ready() {
-                        u.guard = None;
-                        return Poll::Ready(Some(Err(Box::new(BodyError::Deadline))));
-                    }
+                if let Some(d) = u.deadline.as_mut()
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    u.guard = None;
+                    return Poll::Ready(Some(Err(Box::new(BodyError::Deadline))));
                 }
                 match Pin::new(&mut u.inner).poll_frame(cx) {
                     Poll::Ready(Some(Ok(f))) => {
@@ -252,7 +281,9 @@ impl Body for ProxyBody {
                     }
                     Poll::Pending => {
                         let idle = u.idle;
-                        let t = u.idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                        let t = u
+                            .idle_timer
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                         ready!(t.as_mut().poll(cx));
                         u.guard = None;
                         Poll::Ready(Some(Err(Box::new(BodyError::UpstreamStalled(idle)))))

@@ -30,11 +30,17 @@ pub enum ProxyError {
     #[error("the request body was not received in time")]
     RequestTimeout,
     #[error("could not connect to {target}: {source}")]
-    UpstreamConnect { target: String, source: Box<dyn std::error::Error + Send + Sync> },
+    UpstreamConnect {
+        target: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{target} did not answer in time")]
     UpstreamTimeout { target: String },
     #[error("{target} failed: {source}")]
-    UpstreamProtocol { target: String, source: Box<dyn std::error::Error + Send + Sync> },
+    UpstreamProtocol {
+        target: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("service `{service}` has no healthy target")]
     NoHealthyTarget { service: String },
     #[error("the circuit for service `{service}` is open")]
@@ -66,7 +72,9 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::PayloadTooLarge { .. }
             | ProxyError::RequestTimeout => Origin::Client,
-            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamProtocol { .. } => Origin::Upstream,
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::UpstreamProtocol { .. } => Origin::Upstream,
             ProxyError::NoHealthyTarget { .. } | ProxyError::CircuitOpen { .. } => Origin::Gateway,
         }
     }
@@ -79,7 +87,12 @@ impl ProxyError {
 
     /// Whether the connection must close after the answer.
     pub fn closes_connection(&self) -> bool {
-        matches!(self, ProxyError::Smuggling(_) | ProxyError::PayloadTooLarge { .. } | ProxyError::RequestTimeout)
+        matches!(
+            self,
+            ProxyError::Smuggling(_)
+                | ProxyError::PayloadTooLarge { .. }
+                | ProxyError::RequestTimeout
+        )
     }
 
     pub fn to_problem(&self, request_id: &HeaderValue) -> Problem {
@@ -95,7 +108,8 @@ impl ProxyError {
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
         let mut res = problem_response(&self.to_problem(request_id));
         if self.closes_connection() {
-            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         res
     }
@@ -105,7 +119,9 @@ impl ProxyError {
 pub fn problem_response(p: &Problem) -> Response<ProxyBody> {
     let mut res = Response::new(ProxyBody::full(p.to_json()));
     *res.status_mut() = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }

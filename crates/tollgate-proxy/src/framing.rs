@@ -43,7 +43,10 @@ impl Verdicts {
     }
 
     fn flag(&self, idx: u64, why: &'static str) {
-        self.bad.lock().unwrap_or_else(|e| e.into_inner()).push((idx, why));
+        self.bad
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((idx, why));
         self.any_bad.store(true, Ordering::Release);
     }
 }
@@ -71,7 +74,15 @@ pub struct FramingIo<IO> {
 impl<IO> FramingIo<IO> {
     pub fn new(io: IO) -> (Self, Arc<Verdicts>) {
         let verdicts = Arc::new(Verdicts::default());
-        (FramingIo { io, state: State::Head(Vec::new()), heads: 0, verdicts: verdicts.clone() }, verdicts)
+        (
+            FramingIo {
+                io,
+                state: State::Head(Vec::new()),
+                heads: 0,
+                verdicts: verdicts.clone(),
+            },
+            verdicts,
+        )
     }
 
     fn feed(&mut self, mut data: &[u8]) {
@@ -111,7 +122,11 @@ impl<IO> FramingIo<IO> {
                             continue;
                         }
                         let empty_line = line.as_slice() == b"\r\n" || line.as_slice() == b"\n";
-                        if !head_like || empty_line || line.ends_with(b"\r\n\r\n") || line.ends_with(b"\n\n") {
+                        if !head_like
+                            || empty_line
+                            || line.ends_with(b"\r\n\r\n")
+                            || line.ends_with(b"\n\n")
+                        {
                             done = Some(i + 1);
                             break;
                         }
@@ -136,7 +151,10 @@ impl<IO> FramingIo<IO> {
 
     fn on_head(&mut self, raw: &[u8]) -> State {
         // Empty lines before a request line are ignored (RFC 9112 section 2.2).
-        let start = raw.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(raw.len());
+        let start = raw
+            .iter()
+            .position(|b| *b != b'\r' && *b != b'\n')
+            .unwrap_or(raw.len());
         let raw = &raw[start..];
         if raw.is_empty() {
             return State::Head(Vec::new());
@@ -159,20 +177,39 @@ impl<IO> FramingIo<IO> {
                 lengths.push(h.value);
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 te = true;
-                chunked_last = h.value.rsplit(|b| *b == b',').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                chunked_last = h
+                    .value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
         }
         if te && !lengths.is_empty() {
-            self.verdicts.flag(idx, "the request has both Content-Length and Transfer-Encoding");
+            self.verdicts.flag(
+                idx,
+                "the request has both Content-Length and Transfer-Encoding",
+            );
         } else if lengths.len() > 1 {
-            self.verdicts.flag(idx, "the request has more than one Content-Length");
-        } else if lengths.first().is_some_and(|v| v.is_empty() || !v.iter().all(u8::is_ascii_digit)) {
-            self.verdicts.flag(idx, "the request's Content-Length is not a number");
+            self.verdicts
+                .flag(idx, "the request has more than one Content-Length");
+        } else if lengths
+            .first()
+            .is_some_and(|v| v.is_empty() || !v.iter().all(u8::is_ascii_digit))
+        {
+            self.verdicts
+                .flag(idx, "the request's Content-Length is not a number");
         }
         if te {
-            return if chunked_last { State::ChunkSize(Vec::new()) } else { State::Off };
+            return if chunked_last {
+                State::ChunkSize(Vec::new())
+            } else {
+                State::Off
+            };
         }
-        let len = lengths.first().and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.trim().parse::<u64>().ok());
+        let len = lengths
+            .first()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         match len {
             Some(0) | None if lengths.is_empty() => State::Head(Vec::new()),
             Some(0) => State::Head(Vec::new()),
@@ -183,7 +220,10 @@ impl<IO> FramingIo<IO> {
 }
 
 fn on_chunk_size(line: &[u8]) -> State {
-    let digits: &[u8] = line.split(|b| *b == b';' || *b == b'\r' || *b == b'\n').next().unwrap_or(&[]);
+    let digits: &[u8] = line
+        .split(|b| *b == b';' || *b == b'\r' || *b == b'\n')
+        .next()
+        .unwrap_or(&[]);
     let text = std::str::from_utf8(digits).map(str::trim).unwrap_or("");
     match u64::from_str_radix(text, 16) {
         Ok(0) => State::Trailers(Vec::new()),
@@ -193,21 +233,27 @@ fn on_chunk_size(line: &[u8]) -> State {
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for FramingIo<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.io).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = res {
-            if !matches!(self.state, State::Off) {
-                let new = buf.filled()[before..].to_vec();
-                self.feed(&new);
-            }
+        let res = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && !matches!(this.state, State::Off) {
+            this.feed(&buf.filled()[before..]);
         }
         res
     }
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for FramingIo<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -216,7 +262,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for FramingIo<IO> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -263,7 +313,8 @@ mod tests {
         assert_eq!(got[0], None);
         assert!(got[1].expect("flagged").contains("both"));
 
-        let (v, _) = run(&[b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"]);
+        let (v, _) =
+            run(&[b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"]);
         assert!(v.next_request().expect("dup").contains("more than one"));
         let (v, _) = run(&[b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc"]);
         assert!(v.next_request().is_some());

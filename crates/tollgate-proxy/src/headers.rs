@@ -50,7 +50,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
             headers.remove(&name);
         }
     }
-    let upgrade = if upgrade_requested { upgrade_value } else { None };
+    let upgrade = if upgrade_requested {
+        upgrade_value
+    } else {
+        None
+    };
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
@@ -61,7 +65,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
         let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c)) {
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+        {
             return v.clone();
         }
     }
@@ -75,7 +83,10 @@ pub fn valid_traceparent(v: &HeaderValue) -> bool {
     if b.len() < 55 {
         return false;
     }
-    let hex = |s: &[u8]| s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
     let (ver, trace, span, flags) = (&b[0..2], &b[3..35], &b[36..52], &b[53..55]);
     b[2] == b'-'
         && b[35] == b'-'
@@ -135,14 +146,22 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) ->
 /// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` for the upstream. From
 /// a trusted peer, the chain is extended; from anyone else, whatever the
 /// client sent is replaced, so it cannot be forged.
-pub fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, trusted_peer: bool, proto: &'static str, host: Option<&HeaderValue>) {
+pub fn set_forwarding(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted_peer: bool,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
     let peer = canonical(peer);
     let peer_s = peer.to_string();
     let node = match peer {
         IpAddr::V6(_) => format!("\"[{peer_s}]\""),
         IpAddr::V4(_) => peer_s.clone(),
     };
-    let host_s = host.and_then(|h| h.to_str().ok()).filter(|h| h.bytes().all(|c| c.is_ascii_graphic()));
+    let host_s = host
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.bytes().all(|c| c.is_ascii_graphic()));
     let mut element = format!("for={node};proto={proto}");
     if let Some(h) = host_s {
         element.push_str(";host=\"");
@@ -150,8 +169,16 @@ pub fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, trusted_peer: bool,
         element.push('"');
     }
     let joined = |name: &HeaderName, headers: &HeaderMap| -> Option<String> {
-        let parts: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-        if parts.is_empty() { None } else { Some(parts.join(", ")) }
+        let parts: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if parts.is_empty() {
+            None
+        } else {
+            Some(parts.join(", "))
+        }
     };
     let (xff, fwd) = if trusted_peer {
         let xff = match joined(&X_FORWARDED_FOR, headers) {
@@ -177,10 +204,10 @@ pub fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, trusted_peer: bool,
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Some(h) = host {
-            headers.insert(&X_FORWARDED_HOST, h.clone());
-        }
+    if !headers.contains_key(&X_FORWARDED_HOST)
+        && let Some(h) = host
+    {
+        headers.insert(&X_FORWARDED_HOST, h.clone());
     }
 }
 
@@ -191,7 +218,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
         }
         h
     }
@@ -230,7 +260,8 @@ mod tests {
 
     #[test]
     fn traceparent_validation() {
-        let ok = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let ok =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         assert!(valid_traceparent(&ok));
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -247,22 +278,41 @@ mod tests {
     #[test]
     fn forwarded_headers_from_untrusted_peers_are_replaced() {
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
-        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https"), ("forwarded", "for=1.2.3.4")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.2.3.4"),
+        ]);
         let peer: IpAddr = "203.0.113.9".parse().expect("ip");
         assert_eq!(client_ip(peer, &h, &trusted), peer);
-        set_forwarding(&mut h, peer, false, "http", Some(&HeaderValue::from_static("api.example.com")));
+        set_forwarding(
+            &mut h,
+            peer,
+            false,
+            "http",
+            Some(&HeaderValue::from_static("api.example.com")),
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "api.example.com");
-        assert_eq!(h[&FORWARDED], "for=203.0.113.9;proto=http;host=\"api.example.com\"");
+        assert_eq!(
+            h[&FORWARDED],
+            "for=203.0.113.9;proto=http;host=\"api.example.com\""
+        );
     }
 
     #[test]
     fn forwarded_headers_from_trusted_peers_are_extended() {
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
-        let mut h = map(&[("x-forwarded-for", "198.51.100.7, 10.0.0.2"), ("x-forwarded-proto", "https")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "198.51.100.7, 10.0.0.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
         let peer: IpAddr = "10.0.0.1".parse().expect("ip");
-        assert_eq!(client_ip(peer, &h, &trusted), "198.51.100.7".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().expect("ip")
+        );
         set_forwarding(&mut h, peer, true, "http", None);
         assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7, 10.0.0.2, 10.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");

@@ -27,13 +27,17 @@ pub(crate) fn spawn(svc: Arc<ServiceRt>, cfg: ActiveHealthCheck, stop: Cancellat
                     _ = tick.tick() => {}
                 }
                 let uri = format!("http://{}{}", target.authority, cfg.path);
-                let Ok(req) = Request::get(uri).header(header::USER_AGENT, "tollgate-health-check").body(UpstreamBody::empty()) else {
+                let Ok(req) = Request::get(uri)
+                    .header(header::USER_AGENT, "tollgate-health-check")
+                    .body(UpstreamBody::empty())
+                else {
                     return;
                 };
-                let ok = match tokio::time::timeout(cfg.timeout.get(), svc.client.request(req)).await {
-                    Ok(Ok(res)) => res.status().is_success() || res.status().is_redirection(),
-                    _ => false,
-                };
+                let ok =
+                    match tokio::time::timeout(cfg.timeout.get(), svc.client.request(req)).await {
+                        Ok(Ok(res)) => res.status().is_success() || res.status().is_redirection(),
+                        _ => false,
+                    };
                 let was = target.active_healthy.load(Ordering::Relaxed);
                 if ok {
                     failures = 0;

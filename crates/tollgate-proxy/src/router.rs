@@ -102,25 +102,45 @@ impl<T> Router<T> {
         let mut matchers = Vec::with_capacity(routes.len());
         let mut entries = Vec::new();
         for (i, (spec, target)) in routes.into_iter().enumerate() {
-            let hosts: Vec<Option<HostPattern>> =
-                if spec.hosts.is_empty() { vec![None] } else { spec.hosts.iter().map(|h| Some(HostPattern::parse(h))).collect() };
+            let hosts: Vec<Option<HostPattern>> = if spec.hosts.is_empty() {
+                vec![None]
+            } else {
+                spec.hosts
+                    .iter()
+                    .map(|h| Some(HostPattern::parse(h)))
+                    .collect()
+            };
             let paths: Vec<Option<PathPattern>> = if spec.paths.is_empty() {
                 vec![None]
             } else {
-                spec.paths.iter().filter_map(|p| parse_path_pattern(p).ok()).map(Some).collect()
+                spec.paths
+                    .iter()
+                    .filter_map(|p| parse_path_pattern(p).ok())
+                    .map(Some)
+                    .collect()
             };
             for host in &hosts {
                 for path in &paths {
-                    entries.push(Entry { route: i, host: host.clone(), path: path.clone() });
+                    entries.push(Entry {
+                        route: i,
+                        host: host.clone(),
+                        path: path.clone(),
+                    });
                 }
             }
             matchers.push(RouteMatcher {
                 name: Arc::from(spec.name.as_str()),
-                methods: spec.methods.iter().filter_map(|m| Method::from_bytes(m.as_bytes()).ok()).collect(),
+                methods: spec
+                    .methods
+                    .iter()
+                    .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                    .collect(),
                 headers: spec
                     .headers
                     .iter()
-                    .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, v.clone())))
+                    .filter_map(|(k, v)| {
+                        Some((HeaderName::from_bytes(k.as_bytes()).ok()?, v.clone()))
+                    })
                     .collect(),
                 target,
             });
@@ -134,9 +154,18 @@ impl<T> Router<T> {
                 Some(p @ PathPattern::Template(_)) => (0, p.literal_len(), 1),
                 Some(p @ PathPattern::Prefix(_)) => (0, p.literal_len(), 0),
             };
-            (Reverse(host), Reverse(path), Reverse(!r.methods.is_empty()), Reverse(r.headers.len()), r.name.clone())
+            (
+                Reverse(host),
+                Reverse(path),
+                Reverse(!r.methods.is_empty()),
+                Reverse(r.headers.len()),
+                r.name.clone(),
+            )
         });
-        Router { routes: matchers, entries }
+        Router {
+            routes: matchers,
+            entries,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -148,13 +177,19 @@ impl<T> Router<T> {
     }
 
     /// Finds the most specific route. `host` must be lower case without port.
-    pub fn find<'a>(&'a self, method: &Method, host: &str, path: &'a str, headers: &HeaderMap) -> Result<Match<'a, T>, Miss> {
+    pub fn find<'a>(
+        &'a self,
+        method: &Method,
+        host: &str,
+        path: &'a str,
+        headers: &HeaderMap,
+    ) -> Result<Match<'a, T>, Miss> {
         let mut method_miss = false;
         for e in &self.entries {
-            if let Some(h) = &e.host {
-                if !h.matches(host) {
-                    continue;
-                }
+            if let Some(h) = &e.host
+                && !h.matches(host)
+            {
+                continue;
             }
             let rest = match &e.path {
                 None => Some(path),
@@ -162,7 +197,11 @@ impl<T> Router<T> {
             };
             let Some(rest) = rest else { continue };
             let r = &self.routes[e.route];
-            if !r.headers.iter().all(|(name, values)| header_matches(headers, name, values)) {
+            if !r
+                .headers
+                .iter()
+                .all(|(name, values)| header_matches(headers, name, values))
+            {
                 continue;
             }
             if !r.methods.is_empty() && !r.methods.contains(method) {
@@ -171,12 +210,20 @@ impl<T> Router<T> {
             }
             return Ok(Match { route: r, rest });
         }
-        Err(if method_miss { Miss::Method } else { Miss::NoRoute })
+        Err(if method_miss {
+            Miss::Method
+        } else {
+            Miss::NoRoute
+        })
     }
 }
 
 fn header_matches(headers: &HeaderMap, name: &HeaderName, values: &[String]) -> bool {
-    headers.get_all(name).iter().any(|v| values.iter().any(|want| want.as_bytes().eq_ignore_ascii_case(v.as_bytes())))
+    headers.get_all(name).iter().any(|v| {
+        values
+            .iter()
+            .any(|want| want.as_bytes().eq_ignore_ascii_case(v.as_bytes()))
+    })
 }
 
 /// Returns the remainder after the matched part, or `None`.
@@ -215,7 +262,14 @@ fn match_path<'a>(pattern: &PathPattern, path: &'a str) -> Option<&'a str> {
 
 /// The lower-case host name of a request, without port or trailing dot.
 pub fn request_host(uri: &http::Uri, headers: &HeaderMap) -> String {
-    let raw = uri.host().or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("");
+    let raw = uri
+        .host()
+        .or_else(|| {
+            headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("");
     let without_port = if raw.starts_with('[') {
         raw.split(']').next().map(|h| &h[1..]).unwrap_or(raw)
     } else {
@@ -239,7 +293,12 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn route(name: &str, hosts: &[&str], paths: &[&str], methods: &[&str]) -> (RouteSpec, &'static str) {
+    fn route(
+        name: &str,
+        hosts: &[&str],
+        paths: &[&str],
+        methods: &[&str],
+    ) -> (RouteSpec, &'static str) {
         let spec = RouteSpec {
             name: name.into(),
             hosts: hosts.iter().map(|s| s.to_string()).collect(),
@@ -252,9 +311,15 @@ mod tests {
         (spec, "")
     }
 
-    fn find<'a>(r: &'a Router<&'static str>, method: &str, host: &str, path: &'a str) -> Result<(&'a str, &'a str), Miss> {
+    fn find<'a>(
+        r: &'a Router<&'static str>,
+        method: &str,
+        host: &str,
+        path: &'a str,
+    ) -> Result<(&'a str, &'a str), Miss> {
         let m = Method::from_bytes(method.as_bytes()).expect("method");
-        r.find(&m, host, path, &HeaderMap::new()).map(|m| (&*m.route.name, m.rest))
+        r.find(&m, host, path, &HeaderMap::new())
+            .map(|m| (&*m.route.name, m.rest))
     }
 
     #[test]
@@ -273,15 +338,42 @@ mod tests {
         reversed.reverse();
         for r in [Router::new(routes), Router::new(reversed)] {
             assert_eq!(find(&r, "GET", "other", "/orders"), Ok(("orders", "/")));
-            assert_eq!(find(&r, "POST", "other", "/orders/x/y"), Ok(("orders-post", "/x/y")));
-            assert_eq!(find(&r, "GET", "other", "/orders/list"), Ok(("orders-exact", "/")));
-            assert_eq!(find(&r, "GET", "other", "/orders/42"), Ok(("order-by-id", "/")));
-            assert_eq!(find(&r, "GET", "other", "/orders/admin"), Ok(("orders-admin", "/")));
-            assert_eq!(find(&r, "GET", "other", "/orders/42/items"), Ok(("orders", "/42/items")));
-            assert_eq!(find(&r, "GET", "other", "/ordersx"), Ok(("catch-all", "/ordersx")));
-            assert_eq!(find(&r, "GET", "api.example.com", "/orders"), Ok(("host-exact", "/orders")));
-            assert_eq!(find(&r, "GET", "x.example.com", "/orders"), Ok(("host-wild", "/orders")));
-            assert_eq!(find(&r, "GET", "example.com", "/a"), Ok(("catch-all", "/a")));
+            assert_eq!(
+                find(&r, "POST", "other", "/orders/x/y"),
+                Ok(("orders-post", "/x/y"))
+            );
+            assert_eq!(
+                find(&r, "GET", "other", "/orders/list"),
+                Ok(("orders-exact", "/"))
+            );
+            assert_eq!(
+                find(&r, "GET", "other", "/orders/42"),
+                Ok(("order-by-id", "/"))
+            );
+            assert_eq!(
+                find(&r, "GET", "other", "/orders/admin"),
+                Ok(("orders-admin", "/"))
+            );
+            assert_eq!(
+                find(&r, "GET", "other", "/orders/42/items"),
+                Ok(("orders", "/42/items"))
+            );
+            assert_eq!(
+                find(&r, "GET", "other", "/ordersx"),
+                Ok(("catch-all", "/ordersx"))
+            );
+            assert_eq!(
+                find(&r, "GET", "api.example.com", "/orders"),
+                Ok(("host-exact", "/orders"))
+            );
+            assert_eq!(
+                find(&r, "GET", "x.example.com", "/orders"),
+                Ok(("host-wild", "/orders"))
+            );
+            assert_eq!(
+                find(&r, "GET", "example.com", "/a"),
+                Ok(("catch-all", "/a"))
+            );
         }
     }
 
@@ -292,17 +384,38 @@ mod tests {
         let r = Router::new(vec![spec, route("fallback", &[], &["/a"], &["GET"])]);
         let mut h = HeaderMap::new();
         h.insert("x-version", "V2".parse().expect("v"));
-        assert_eq!(&*r.find(&Method::GET, "", "/a", &h).expect("match").route.name, "h");
-        assert_eq!(&*r.find(&Method::GET, "", "/a", &HeaderMap::new()).expect("match").route.name, "fallback");
-        assert_eq!(r.find(&Method::DELETE, "", "/a", &h).map(|_| ()), Err(Miss::Method));
-        assert_eq!(r.find(&Method::GET, "", "/b", &h).map(|_| ()), Err(Miss::NoRoute));
+        assert_eq!(
+            &*r.find(&Method::GET, "", "/a", &h)
+                .expect("match")
+                .route
+                .name,
+            "h"
+        );
+        assert_eq!(
+            &*r.find(&Method::GET, "", "/a", &HeaderMap::new())
+                .expect("match")
+                .route
+                .name,
+            "fallback"
+        );
+        assert_eq!(
+            r.find(&Method::DELETE, "", "/a", &h).map(|_| ()),
+            Err(Miss::Method)
+        );
+        assert_eq!(
+            r.find(&Method::GET, "", "/b", &h).map(|_| ()),
+            Err(Miss::NoRoute)
+        );
     }
 
     #[test]
     fn hosts_and_dot_segments() {
         let uri: http::Uri = "/x".parse().expect("uri");
         let mut h = HeaderMap::new();
-        h.insert(http::header::HOST, "API.Example.com.:8000".parse().expect("host"));
+        h.insert(
+            http::header::HOST,
+            "API.Example.com.:8000".parse().expect("host"),
+        );
         assert_eq!(request_host(&uri, &h), "api.example.com");
         let uri: http::Uri = "http://[::1]:80/x".parse().expect("uri");
         assert_eq!(request_host(&uri, &HeaderMap::new()), "::1");

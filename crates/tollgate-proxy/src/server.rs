@@ -26,7 +26,10 @@ pub struct Listener {
 
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Listener").field("tcp", &self.tcp).field("tls", &self.tls.is_some()).finish()
+        f.debug_struct("Listener")
+            .field("tcp", &self.tcp)
+            .field("tls", &self.tls.is_some())
+            .finish()
     }
 }
 
@@ -43,7 +46,12 @@ impl Listener {
     /// Binds the proxy address and loads TLS material, if any.
     pub async fn bind(settings: &ProxySettings) -> Result<Listener, ListenError> {
         let tls = settings.tls.as_ref().map(load_tls).transpose()?;
-        let tcp = TcpListener::bind(settings.listen).await.map_err(|source| ListenError::Bind { addr: settings.listen, source })?;
+        let tcp = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| ListenError::Bind {
+                addr: settings.listen,
+                source,
+            })?;
         Ok(Listener { tcp, tls })
     }
 
@@ -55,7 +63,10 @@ impl Listener {
 fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, ListenError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let err = |path: &std::path::Path, reason: String| ListenError::Tls { path: path.display().to_string(), reason };
+    let err = |path: &std::path::Path, reason: String| ListenError::Tls {
+        path: path.display().to_string(),
+        reason,
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| err(&files.cert, e.to_string()))?
         .collect::<Result<_, _>>()
@@ -63,7 +74,8 @@ fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, ListenError> {
     if certs.is_empty() {
         return Err(err(&files.cert, "no certificate found".into()));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| err(&files.key, e.to_string()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| err(&files.key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -121,27 +133,44 @@ pub async fn serve(listener: Listener, gw: Arc<Gateway>, shutdown: CancellationT
         tokio::spawn(async move {
             match tls {
                 None => serve_conn(stream, peer, false, gw, &builder, watcher).await,
-                Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => serve_conn(tls_stream, peer, true, gw, &builder, watcher).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            serve_conn(tls_stream, peer, true, gw, &builder, watcher).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown grace period over; closing remaining connections");
     }
 }
 
-async fn serve_conn<IO>(io: IO, peer: SocketAddr, tls: bool, gw: Arc<Gateway>, builder: &auto::Builder<TokioExecutor>, watcher: hyper_util::server::graceful::Watcher)
-where
+async fn serve_conn<IO>(
+    io: IO,
+    peer: SocketAddr,
+    tls: bool,
+    gw: Arc<Gateway>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (io, verdicts) = FramingIo::new(io);
-    let conn = Arc::new(ConnInfo { peer, tls, verdicts });
+    let conn = Arc::new(ConnInfo {
+        peer,
+        tls,
+        verdicts,
+    });
     let svc = service_fn(move |req| handle(gw.clone(), conn.clone(), req));
     let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(fut.into_owned()).await {

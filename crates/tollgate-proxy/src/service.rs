@@ -18,7 +18,7 @@ use crate::framing::Verdicts;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::router::{Miss, has_dot_segment, request_host};
 use crate::snapshot::{Gateway, RouteTarget, ServiceRt};
-use crate::upstream::{Admit, InFlight, step_timeout};
+use crate::upstream::{Admit, InFlight, TrialGuard, step_timeout};
 
 /// What the service knows about the client connection.
 #[derive(Debug)]
@@ -29,7 +29,11 @@ pub struct ConnInfo {
 }
 
 /// Handles one request. Never fails: every error becomes a response here.
-pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let request_id = headers::request_id(req.headers());
     let mut res = match proxy(&gw, &conn, req, &request_id).await {
         Ok(res) => res,
@@ -44,7 +48,12 @@ pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnInfo>, req: Request<Incoming
     Ok(res)
 }
 
-async fn proxy(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>, request_id: &HeaderValue) -> Result<Response<ProxyBody>, ProxyError> {
+async fn proxy(
+    gw: &Gateway,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Result<Response<ProxyBody>, ProxyError> {
     if let Some(why) = conn.verdicts.next_request() {
         return Err(ProxyError::Smuggling(why));
     }
@@ -52,15 +61,28 @@ async fn proxy(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>, request_id
     let uri = parts.uri.clone();
     let path = uri.path();
     if !path.starts_with('/') || has_dot_segment(path) {
-        return Err(ProxyError::BadRequest(format!("the request target `{}` is not a normalised absolute path", short(path))));
+        return Err(ProxyError::BadRequest(format!(
+            "the request target `{}` is not a normalised absolute path",
+            short(path)
+        )));
     }
     let snap = gw.snapshot();
     let host = request_host(&parts.uri, &parts.headers);
     let found = snap.router.find(&parts.method, &host, path, &parts.headers);
     let m = match found {
         Ok(m) => m,
-        Err(Miss::NoRoute) => return Err(ProxyError::NoRoute { method: parts.method.to_string(), path: short(path).to_owned() }),
-        Err(Miss::Method) => return Err(ProxyError::MethodNotAllowed { route: host, method: parts.method.to_string() }),
+        Err(Miss::NoRoute) => {
+            return Err(ProxyError::NoRoute {
+                method: parts.method.to_string(),
+                path: short(path).to_owned(),
+            });
+        }
+        Err(Miss::Method) => {
+            return Err(ProxyError::MethodNotAllowed {
+                route: host,
+                method: parts.method.to_string(),
+            });
+        }
     };
     let client_version = parts.version;
     let rt: &RouteTarget = &m.route.target;
@@ -69,7 +91,13 @@ async fn proxy(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>, request_id
     let peer = conn.peer.ip();
     let trusted_peer = headers::is_trusted(peer, &settings.trusted_proxies);
     let client_ip = headers::client_ip(peer, &parts.headers, &settings.trusted_proxies);
-    let mut ctx = RequestCtx::new(request_id.clone(), peer, client_ip, m.route.name.clone(), svc.name.clone());
+    let mut ctx = RequestCtx::new(
+        request_id.clone(),
+        peer,
+        client_ip,
+        m.route.name.clone(),
+        svc.name.clone(),
+    );
     if let Some(max) = settings.max_body_bytes {
         ctx.limit_body(max);
     }
@@ -78,11 +106,19 @@ async fn proxy(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>, request_id
     if let Err((reply, ran)) = rt.chain.access(&mut ctx, &mut parts).await {
         return Ok(finish_reply(rt, &mut ctx, reply, Some(ran)));
     }
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if let (Some(limit), Some(len)) = (ctx.body_limit, declared) {
-        if len > limit {
-            return Ok(finish_error(rt, &mut ctx, ProxyError::PayloadTooLarge { limit }));
-        }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let (Some(limit), Some(len)) = (ctx.body_limit, declared)
+        && len > limit
+    {
+        return Ok(finish_error(
+            rt,
+            &mut ctx,
+            ProxyError::PayloadTooLarge { limit },
+        ));
     }
 
     // The request as the upstream will see it.
@@ -99,22 +135,43 @@ async fn proxy(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>, request_id
         path_and_query.push('?');
         path_and_query.push_str(q);
     }
-    let client_upgrade = if parts.version == Version::HTTP_11 { headers::strip_hop_by_hop(&mut parts.headers) } else { None };
+    let client_upgrade = if parts.version == Version::HTTP_11 {
+        headers::strip_hop_by_hop(&mut parts.headers)
+    } else {
+        None
+    };
     if parts.version != Version::HTTP_11 {
         headers::strip_hop_by_hop(&mut parts.headers);
     }
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    headers::set_forwarding(&mut parts.headers, peer, trusted_peer, if conn.tls { "https" } else { "http" }, original_host.as_ref());
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    headers::set_forwarding(
+        &mut parts.headers,
+        peer,
+        trusted_peer,
+        if conn.tls { "https" } else { "http" },
+        original_host.as_ref(),
+    );
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());
-    if let Some(tp) = parts.headers.get(&headers::TRACEPARENT) {
-        if !headers::valid_traceparent(tp) {
-            parts.headers.remove(&headers::TRACEPARENT);
-            parts.headers.remove(&headers::TRACESTATE);
-        }
+    if let Some(tp) = parts.headers.get(&headers::TRACEPARENT)
+        && !headers::valid_traceparent(tp)
+    {
+        parts.headers.remove(&headers::TRACEPARENT);
+        parts.headers.remove(&headers::TRACESTATE);
     }
-    let on_client_upgrade = if client_upgrade.is_some() { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+    let on_client_upgrade = if client_upgrade.is_some() {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
     if let Some(up) = &client_upgrade {
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, up.clone());
     }
     rt.chain.upstream_request(&mut ctx, &mut parts);
@@ -123,7 +180,11 @@ async fn proxy(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>, request_id
         method: parts.method,
         path_and_query,
         headers: parts.headers,
-        host: if rt.preserve_host { original_host } else { None },
+        host: if rt.preserve_host {
+            original_host
+        } else {
+            None
+        },
         body: ReplayableBody::new(body),
         body_limit: ctx.body_limit,
         body_idle: settings.body_read_timeout,
@@ -134,21 +195,31 @@ async fn proxy(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>, request_id
         Err(e) => return Ok(finish_error(rt, &mut ctx, e)),
     };
 
-    let upstream_upgrade = (upstream_res.status() == StatusCode::SWITCHING_PROTOCOLS).then(|| hyper::upgrade::on(&mut upstream_res));
+    let upstream_upgrade = (upstream_res.status() == StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| hyper::upgrade::on(&mut upstream_res));
     let (mut res_parts, res_body) = upstream_res.into_parts();
     // The client's connection has its own protocol version; the upstream's is hop-by-hop.
     res_parts.version = client_version;
     let target = guard.0.addr.clone();
     let body = if let Some(upstream_side) = upstream_upgrade {
         let Some(client_side) = on_client_upgrade else {
-            return Ok(finish_error(rt, &mut ctx, ProxyError::UpstreamProtocol { target: target.to_string(), source: "unrequested protocol switch".into() }));
+            return Ok(finish_error(
+                rt,
+                &mut ctx,
+                ProxyError::UpstreamProtocol {
+                    target: target.to_string(),
+                    source: "unrequested protocol switch".into(),
+                },
+            ));
         };
         drop(res_body);
         tokio::spawn(tunnel(client_side, upstream_side, guard));
         let upgrade = res_parts.headers.get(header::UPGRADE).cloned();
         headers::strip_hop_by_hop(&mut res_parts.headers);
         if let Some(u) = upgrade {
-            res_parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            res_parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             res_parts.headers.insert(header::UPGRADE, u);
         }
         ProxyBody::empty()
@@ -157,12 +228,21 @@ async fn proxy(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>, request_id
         ProxyBody::upstream(res_body, svc.read_timeout, deadline, guard)
     };
     rt.chain.response(&mut ctx, &mut res_parts, None);
-    let summary = LogSummary { status: res_parts.status, error: None, upstream_latency: Some(upstream_latency), target: Some(target) };
+    let summary = LogSummary {
+        status: res_parts.status,
+        error: None,
+        upstream_latency: Some(upstream_latency),
+        target: Some(target),
+    };
     rt.chain.log(&ctx, &summary);
     Ok(Response::from_parts(res_parts, body))
 }
 
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, guard: InFlight) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    guard: InFlight,
+) {
     let (c, u) = tokio::join!(client, upstream);
     match (c, u) {
         (Ok(c), Ok(u)) => {
@@ -170,7 +250,11 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
             let mut u = TokioIo::new(u);
             let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
         }
-        (c, u) => tracing::debug!(client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade failed"),
+        (c, u) => tracing::debug!(
+            client_ok = c.is_ok(),
+            upstream_ok = u.is_ok(),
+            "upgrade failed"
+        ),
     }
     drop(guard);
 }
@@ -182,7 +266,12 @@ fn short(s: &str) -> &str {
     }
 }
 
-fn finish_reply(rt: &RouteTarget, ctx: &mut RequestCtx, reply: Reply, ran: Option<usize>) -> Response<ProxyBody> {
+fn finish_reply(
+    rt: &RouteTarget,
+    ctx: &mut RequestCtx,
+    reply: Reply,
+    ran: Option<usize>,
+) -> Response<ProxyBody> {
     let mut res = Response::new(ProxyBody::full(reply.body));
     *res.status_mut() = reply.status;
     *res.headers_mut() = reply.headers;
@@ -198,10 +287,21 @@ fn finish_error(rt: &RouteTarget, ctx: &mut RequestCtx, e: ProxyError) -> Respon
     finish(rt, ctx, res, None, Some(code))
 }
 
-fn finish(rt: &RouteTarget, ctx: &mut RequestCtx, res: Response<ProxyBody>, ran: Option<usize>, code: Option<tollgate_core::ErrorCode>) -> Response<ProxyBody> {
+fn finish(
+    rt: &RouteTarget,
+    ctx: &mut RequestCtx,
+    res: Response<ProxyBody>,
+    ran: Option<usize>,
+    code: Option<tollgate_core::ErrorCode>,
+) -> Response<ProxyBody> {
     let (mut parts, body) = res.into_parts();
     rt.chain.response(ctx, &mut parts, ran);
-    let summary = LogSummary { status: parts.status, error: code, upstream_latency: None, target: None };
+    let summary = LogSummary {
+        status: parts.status,
+        error: code,
+        upstream_latency: None,
+        target: None,
+    };
     rt.chain.log(ctx, &summary);
     Response::from_parts(parts, body)
 }
@@ -218,7 +318,10 @@ struct Exchange {
 }
 
 fn idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 type Sent = (Response<Incoming>, InFlight, Option<Instant>, Duration);
@@ -230,31 +333,53 @@ async fn send(svc: &ServiceRt, mut ex: Exchange) -> Result<Sent, ProxyError> {
     let started = Instant::now();
     let deadline = svc.total_timeout.map(|t| started + t);
     let admit = match &svc.breaker {
-        Some(_) => svc.state.breaker.admit().ok_or_else(|| ProxyError::CircuitOpen { service: svc.name.to_string() })?,
+        Some(_) => svc
+            .state
+            .breaker
+            .admit()
+            .ok_or_else(|| ProxyError::CircuitOpen {
+                service: svc.name.to_string(),
+            })?,
         None => Admit::Closed,
     };
     if svc.retries > 0 {
         svc.state.budget.deposit(&svc.retry_budget);
     }
+    let mut trial = TrialGuard::new(&svc.state.breaker, admit);
     let mut tried: Vec<usize> = Vec::new();
+    let mut retried: u32 = 0;
+    let mut last_err: Option<ProxyError> = None;
     loop {
         let Some(idx) = svc.balancer.pick(&tried) else {
-            return Err(ProxyError::NoHealthyTarget { service: svc.name.to_string() });
+            // Nothing (else) to try: after a failed attempt, report that failure.
+            return Err(last_err.unwrap_or_else(|| ProxyError::NoHealthyTarget {
+                service: svc.name.to_string(),
+            }));
         };
         let target = svc.balancer.targets[idx].clone();
         let guard = InFlight::new(target.clone());
-        let may_retry = (tried.len() as u32) < svc.retries;
-        let mut headers = if may_retry { ex.headers.clone() } else { std::mem::take(&mut ex.headers) };
+        let may_retry = retried < svc.retries;
+        let mut headers = if may_retry {
+            ex.headers.clone()
+        } else {
+            std::mem::take(&mut ex.headers)
+        };
         match &ex.host {
             Some(h) => headers.insert(header::HOST, h.clone()),
-            None => headers.insert(header::HOST, HeaderValue::from_str(target.authority.as_str()).unwrap_or(HeaderValue::from_static("localhost"))),
+            None => headers.insert(
+                header::HOST,
+                HeaderValue::from_str(target.authority.as_str())
+                    .unwrap_or(HeaderValue::from_static("localhost")),
+            ),
         };
         let uri = Uri::builder()
             .scheme("http")
             .authority(target.authority.clone())
             .path_and_query(ex.path_and_query.as_str())
             .build()
-            .map_err(|e| ProxyError::BadRequest(format!("cannot forward this request target: {e}")))?;
+            .map_err(|e| {
+                ProxyError::BadRequest(format!("cannot forward this request target: {e}"))
+            })?;
         let wire = Arc::new(TripWire::default());
         let mut req = Request::new(ex.body.attempt(ex.body_limit, ex.body_idle, wire.clone()));
         *req.method_mut() = ex.method.clone();
@@ -270,36 +395,68 @@ async fn send(svc: &ServiceRt, mut ex: Exchange) -> Result<Sent, ProxyError> {
                 target.record(ok, svc.passive.as_ref());
                 if let Some(cfg) = &svc.breaker {
                     svc.state.breaker.record(cfg, admit, ok);
+                    trial.settle();
                 }
                 return Ok((res, guard, deadline, started.elapsed()));
             }
             Ok(Err(e)) => match wire.get() {
-                Tripped::TooLarge => return Err(ProxyError::PayloadTooLarge { limit: ex.body_limit.unwrap_or(0) }),
+                Tripped::TooLarge => {
+                    return Err(ProxyError::PayloadTooLarge {
+                        limit: ex.body_limit.unwrap_or(0),
+                    });
+                }
                 Tripped::Timeout => return Err(ProxyError::RequestTimeout),
-                Tripped::ClientError => return Err(ProxyError::BadRequest("the client aborted the request body".into())),
-                Tripped::None if e.is_connect() => ProxyError::UpstreamConnect { target: target.addr.to_string(), source: Box::new(e) },
-                Tripped::None => ProxyError::UpstreamProtocol { target: target.addr.to_string(), source: Box::new(e) },
+                Tripped::ClientError => {
+                    return Err(ProxyError::BadRequest(
+                        "the client aborted the request body".into(),
+                    ));
+                }
+                Tripped::None if e.is_connect() => ProxyError::UpstreamConnect {
+                    target: target.addr.to_string(),
+                    source: Box::new(e),
+                },
+                Tripped::None => ProxyError::UpstreamProtocol {
+                    target: target.addr.to_string(),
+                    source: Box::new(e),
+                },
             },
             Err(_) => match wire.get() {
-                Tripped::TooLarge => return Err(ProxyError::PayloadTooLarge { limit: ex.body_limit.unwrap_or(0) }),
+                Tripped::TooLarge => {
+                    return Err(ProxyError::PayloadTooLarge {
+                        limit: ex.body_limit.unwrap_or(0),
+                    });
+                }
                 Tripped::Timeout => return Err(ProxyError::RequestTimeout),
-                _ => ProxyError::UpstreamTimeout { target: target.addr.to_string() },
+                _ => ProxyError::UpstreamTimeout {
+                    target: target.addr.to_string(),
+                },
             },
         };
         target.record(false, svc.passive.as_ref());
         if let Some(cfg) = &svc.breaker {
             svc.state.breaker.record(cfg, admit, false);
+            trial.settle();
             if admit == Admit::Trial {
                 return Err(err);
             }
         }
         let replayable = ex.body.is_empty() || (err.retry_safe() && ex.body.unread());
-        let allowed = err.retry_safe() || (idempotent(&ex.method) && ex.body.is_empty() && !matches!(err, ProxyError::UpstreamTimeout { .. }));
+        let allowed = err.retry_safe()
+            || (idempotent(&ex.method)
+                && ex.body.is_empty()
+                && !matches!(err, ProxyError::UpstreamTimeout { .. }));
         let in_time = deadline.is_none_or(|d| Instant::now() < d);
-        if !(may_retry && replayable && allowed && in_time && svc.state.budget.withdraw(&svc.retry_budget)) {
+        if !(may_retry
+            && replayable
+            && allowed
+            && in_time
+            && svc.state.budget.withdraw(&svc.retry_budget))
+        {
             return Err(err);
         }
         tracing::debug!(target = %target.addr, error = %err, "retrying on another target");
+        retried += 1;
+        last_err = Some(err);
         tried.push(idx);
         if tried.len() >= svc.balancer.targets.len() {
             tried.clear();

@@ -69,7 +69,11 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(settings: ProxySettings) -> Arc<Gateway> {
         Arc::new(Gateway {
-            snapshot: ArcSwap::from_pointee(Snapshot { revision: -1, router: Router::new(Vec::new()), services: Vec::new() }),
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                revision: -1,
+                router: Router::new(Vec::new()),
+                services: Vec::new(),
+            }),
             registry: Registry::default(),
             clients: Mutex::new(HashMap::new()),
             health: Mutex::new(None),
@@ -116,7 +120,12 @@ impl Gateway {
             }
         }
         self.snapshot.store(Arc::new(snapshot));
-        if let Some(old) = self.health.lock().unwrap_or_else(|e| e.into_inner()).replace(token) {
+        if let Some(old) = self
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(token)
+        {
             old.cancel();
         }
     }
@@ -143,7 +152,10 @@ impl Gateway {
                 .filter_map(|t| {
                     let authority = t.target.parse().ok()?;
                     live.insert((spec.name.clone(), t.target.clone()));
-                    Some(self.registry.target(&spec.name, &t.target, authority, t.weight))
+                    Some(
+                        self.registry
+                            .target(&spec.name, &t.target, authority, t.weight),
+                    )
                 })
                 .collect();
             let idx = services.len();
@@ -164,11 +176,20 @@ impl Gateway {
             for route in svc_routes {
                 let (rspec, rpolicies) = route.into_parts();
                 let chain = Chain::compile(&config.policies, &svc_policies, &rpolicies);
-                let target = RouteTarget { service: idx, chain, strip_path: rspec.strip_path, preserve_host: rspec.preserve_host };
+                let target = RouteTarget {
+                    service: idx,
+                    chain,
+                    strip_path: rspec.strip_path,
+                    preserve_host: rspec.preserve_host,
+                };
                 routes.push((rspec, target));
             }
         }
         self.registry.retain(&live);
-        Snapshot { revision, router: Router::new(routes), services }
+        Snapshot {
+            revision,
+            router: Router::new(routes),
+            services,
+        }
     }
 }

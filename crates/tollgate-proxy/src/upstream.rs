@@ -46,7 +46,8 @@ impl TargetState {
     }
 
     pub fn healthy(&self, now: u64) -> bool {
-        self.active_healthy.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now
+        self.active_healthy.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= now
     }
 
     /// Records the outcome of a real request for passive health checking.
@@ -61,7 +62,10 @@ impl TargetState {
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= p.unhealthy_threshold {
             self.consecutive_failures.store(0, Ordering::Relaxed);
-            self.ejected_until_ms.store(now_ms() + p.cooldown.get().as_millis() as u64, Ordering::Relaxed);
+            self.ejected_until_ms.store(
+                now_ms() + p.cooldown.get().as_millis() as u64,
+                Ordering::Relaxed,
+            );
             tracing::warn!(target = %self.addr, failures = n, cooldown = %p.cooldown, "target ejected by passive health check");
         }
     }
@@ -100,7 +104,13 @@ pub struct Registry {
 
 impl Registry {
     /// The state for `service`'s target `addr`, created on first use.
-    pub fn target(&self, service: &str, addr: &str, authority: Authority, weight: u32) -> Arc<TargetState> {
+    pub fn target(
+        &self,
+        service: &str,
+        addr: &str,
+        authority: Authority,
+        weight: u32,
+    ) -> Arc<TargetState> {
         let mut map = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         let t = map
             .entry((service.to_owned(), addr.to_owned()))
@@ -120,7 +130,10 @@ impl Registry {
         let mut map = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|k, _| live.contains(k));
         let names: std::collections::HashSet<&str> = live.iter().map(|(s, _)| s.as_str()).collect();
-        self.services.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| names.contains(k.as_str()));
+        self.services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| names.contains(k.as_str()));
     }
 }
 
@@ -136,8 +149,16 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn new(targets: Vec<Arc<TargetState>>, mode: LoadBalancing) -> Self {
-        let weights: Vec<u32> = targets.iter().map(|t| t.weight.load(Ordering::Relaxed)).collect();
-        Balancer { schedule: smooth_schedule(&weights), targets, cursor: AtomicUsize::new(0), mode }
+        let weights: Vec<u32> = targets
+            .iter()
+            .map(|t| t.weight.load(Ordering::Relaxed))
+            .collect();
+        Balancer {
+            schedule: smooth_schedule(&weights),
+            targets,
+            cursor: AtomicUsize::new(0),
+            mode,
+        }
     }
 
     /// Picks a healthy target not in `exclude`. `None` when none is left.
@@ -154,7 +175,9 @@ impl Balancer {
                     return None;
                 }
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| self.schedule[(start + k) % n] as usize).find(|i| usable(*i))
+                (0..n)
+                    .map(|k| self.schedule[(start + k) % n] as usize)
+                    .find(|i| usable(*i))
             }
             LoadBalancing::LeastConnections => {
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
@@ -167,7 +190,8 @@ impl Balancer {
                     }
                     let t = &self.targets[i];
                     // Compare in_flight / weight without division: scale by the largest weight.
-                    let load = (t.in_flight.load(Ordering::Relaxed) as u64 + 1) * 65_536 / u64::from(t.weight.load(Ordering::Relaxed).max(1));
+                    let load = (t.in_flight.load(Ordering::Relaxed) as u64 + 1) * 65_536
+                        / u64::from(t.weight.load(Ordering::Relaxed).max(1));
                     if best.is_none_or(|(_, b)| load < b) {
                         best = Some((i, load));
                     }
@@ -242,7 +266,10 @@ impl BreakerState {
             return None;
         }
         // Half-open: one trial at a time.
-        self.trial.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).ok().map(|_| Admit::Trial)
+        self.trial
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Admit::Trial)
     }
 
     pub fn record(&self, cfg: &CircuitBreaker, admit: Admit, success: bool) {
@@ -256,7 +283,10 @@ impl BreakerState {
         }
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if admit == Admit::Trial || n >= cfg.failure_threshold {
-            self.open_until_ms.store(now_ms() + cfg.open_for.get().as_millis().max(1) as u64, Ordering::Release);
+            self.open_until_ms.store(
+                now_ms() + cfg.open_for.get().as_millis().max(1) as u64,
+                Ordering::Release,
+            );
             self.trial.store(false, Ordering::Release);
             if admit == Admit::Closed {
                 tracing::warn!(failures = n, open_for = %cfg.open_for, "circuit opened");
@@ -266,6 +296,32 @@ impl BreakerState {
 
     pub fn is_open(&self) -> bool {
         self.open_until_ms.load(Ordering::Acquire) != 0
+    }
+}
+
+/// Holds a half-open trial until its outcome is recorded. Dropped without
+/// [`TrialGuard::settle`] (the client went away and the request future was
+/// dropped, or no target was left to try), it frees the trial slot so a later
+/// request can be the trial; otherwise the circuit would stay open for ever.
+#[derive(Debug)]
+pub struct TrialGuard<'a>(Option<&'a BreakerState>);
+
+impl<'a> TrialGuard<'a> {
+    pub fn new(state: &'a BreakerState, admit: Admit) -> Self {
+        TrialGuard((admit == Admit::Trial).then_some(state))
+    }
+
+    /// The outcome was recorded with [`BreakerState::record`].
+    pub fn settle(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TrialGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(state) = self.0 {
+            state.trial.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -279,7 +335,10 @@ pub struct BudgetState {
 
 impl Default for BudgetState {
     fn default() -> Self {
-        BudgetState { milli_tokens: AtomicI64::new(0), last_refill_ms: AtomicU64::new(now_ms()) }
+        BudgetState {
+            milli_tokens: AtomicI64::new(0),
+            last_refill_ms: AtomicU64::new(now_ms()),
+        }
     }
 }
 
@@ -292,7 +351,11 @@ impl BudgetState {
         let add = (cfg.ratio * 1000.0) as i64;
         if add > 0 {
             let cap = Self::cap(cfg);
-            let _ = self.milli_tokens.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some((t + add).min(cap)));
+            let _ = self
+                .milli_tokens
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                    Some((t + add).min(cap))
+                });
         }
     }
 
@@ -353,7 +416,11 @@ mod tests {
     fn least_connections_prefers_idle_targets() {
         let ts = targets(&[1, 1, 1]);
         let b = Balancer::new(ts.clone(), LoadBalancing::LeastConnections);
-        let _busy = [InFlight::new(ts[0].clone()), InFlight::new(ts[0].clone()), InFlight::new(ts[2].clone())];
+        let _busy = [
+            InFlight::new(ts[0].clone()),
+            InFlight::new(ts[0].clone()),
+            InFlight::new(ts[2].clone()),
+        ];
         assert_eq!(b.pick(&[]), Some(1));
         assert_eq!(b.pick(&[1]), Some(2));
     }
@@ -362,7 +429,10 @@ mod tests {
     fn passive_ejection_and_exclusion() {
         let ts = targets(&[1, 1]);
         let b = Balancer::new(ts.clone(), LoadBalancing::RoundRobin);
-        let cfg = PassiveHealthCheck { unhealthy_threshold: 2, cooldown: CfgDuration::from_secs(60) };
+        let cfg = PassiveHealthCheck {
+            unhealthy_threshold: 2,
+            cooldown: CfgDuration::from_secs(60),
+        };
         ts[0].record(false, Some(&cfg));
         assert!(ts[0].healthy(now_ms()));
         ts[0].record(false, Some(&cfg));
@@ -376,7 +446,10 @@ mod tests {
     #[test]
     fn breaker_opens_then_allows_one_trial() {
         let s = BreakerState::default();
-        let cfg = CircuitBreaker { failure_threshold: 2, open_for: CfgDuration::from_millis(1) };
+        let cfg = CircuitBreaker {
+            failure_threshold: 2,
+            open_for: CfgDuration::from_millis(1),
+        };
         s.record(&cfg, Admit::Closed, false);
         assert_eq!(s.admit(), Some(Admit::Closed));
         s.record(&cfg, Admit::Closed, false);
@@ -394,7 +467,10 @@ mod tests {
 
     #[test]
     fn retry_budget_limits_retries() {
-        let cfg = RetryBudget { ratio: 0.5, min_per_second: 0 };
+        let cfg = RetryBudget {
+            ratio: 0.5,
+            min_per_second: 0,
+        };
         let b = BudgetState::default();
         assert!(!b.withdraw(&cfg), "no traffic, no budget");
         for _ in 0..4 {

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "tollgate", version, about = "Tollgate: an open-source API gateway and API management platform")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Tollgate: an open-source API gateway and API management platform"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -15,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the platform: proxy, admin API (and later portal and workers).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Replace the stored configuration with a file, atomically.
     Apply {
         #[arg(short = 'f', long = "file")]
@@ -91,7 +95,12 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// Roles to run, comma separated.
-    #[arg(long, env = "TOLLGATE_ROLES", value_delimiter = ',', default_value = "gateway,admin,portal,worker")]
+    #[arg(
+        long,
+        env = "TOLLGATE_ROLES",
+        value_delimiter = ',',
+        default_value = "gateway,admin,portal,worker"
+    )]
     pub roles: Vec<Role>,
     #[arg(long, env = "TOLLGATE_PROXY_LISTEN", default_value = "0.0.0.0:8000")]
     pub proxy_listen: SocketAddr,

@@ -36,7 +36,10 @@ pub async fn run_command(cmd: Command) -> anyhow::Result<i32> {
         Command::Apply { file, store } => {
             let config = Config::from_file(&file)?;
             let store = open_store(&store).await?;
-            let changes = store.apply(&config).await.with_context(|| format!("cannot apply {}", file.display()))?;
+            let changes = store
+                .apply(&config)
+                .await
+                .with_context(|| format!("cannot apply {}", file.display()))?;
             print_changes(&changes, true);
             Ok(0)
         }
@@ -63,13 +66,21 @@ pub async fn run_command(cmd: Command) -> anyhow::Result<i32> {
             println!("store is up to date ({})", store.backend());
             Ok(0)
         }
-        Command::Config { command: ConfigCommand::Validate { file } } => {
+        Command::Config {
+            command: ConfigCommand::Validate { file },
+        } => {
             let config = Config::from_file(&file)?;
             let routes: usize = config.services.iter().map(|s| s.routes.len()).sum();
-            println!("{}: valid ({} services, {routes} routes)", file.display(), config.services.len());
+            println!(
+                "{}: valid ({} services, {routes} routes)",
+                file.display(),
+                config.services.len()
+            );
             Ok(0)
         }
-        Command::Config { command: ConfigCommand::Schema } => {
+        Command::Config {
+            command: ConfigCommand::Schema,
+        } => {
             println!("{}", serde_json::to_string_pretty(&Config::json_schema())?);
             Ok(0)
         }

@@ -27,7 +27,9 @@ pub use commands::run_command;
 /// else SQLite in the data directory.
 pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
     match &args.database_url {
-        Some(url) => Store::connect(url).await.with_context(|| format!("cannot open the store at {}", redact(url))),
+        Some(url) => Store::connect(url)
+            .await
+            .with_context(|| format!("cannot open the store at {}", redact(url))),
         None => Store::open_data_dir(&args.data_dir)
             .await
             .with_context(|| format!("cannot open the store in {}", args.data_dir.display())),
@@ -76,7 +78,10 @@ fn proxy_settings(args: &ServeArgs) -> ProxySettings {
     ProxySettings {
         listen: args.proxy_listen,
         tls: match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
             _ => None,
         },
         trusted_proxies: args.trusted_proxies.clone(),
@@ -92,13 +97,21 @@ fn proxy_settings(args: &ServeArgs) -> ProxySettings {
 
 /// Makes sure at least one admin token is accepted. Returns a new token when
 /// one had to be created.
-async fn bootstrap_admin_token(store: &Store, given: Option<&str>) -> anyhow::Result<Option<String>> {
+async fn bootstrap_admin_token(
+    store: &Store,
+    given: Option<&str>,
+) -> anyhow::Result<Option<String>> {
     use tollgate_admin::auth::{generate_token, hash_token};
     if let Some(token) = given {
-        anyhow::ensure!(token.len() >= 16, "TOLLGATE_ADMIN_TOKEN must be at least 16 characters");
+        anyhow::ensure!(
+            token.len() >= 16,
+            "TOLLGATE_ADMIN_TOKEN must be at least 16 characters"
+        );
         let hash = hash_token(token);
         if !store.admin_token_exists(&hash).await? {
-            store.add_admin_token(&hash, "from TOLLGATE_ADMIN_TOKEN").await?;
+            store
+                .add_admin_token(&hash, "from TOLLGATE_ADMIN_TOKEN")
+                .await?;
         }
         return Ok(None);
     }
@@ -106,7 +119,9 @@ async fn bootstrap_admin_token(store: &Store, given: Option<&str>) -> anyhow::Re
         return Ok(None);
     }
     let token = generate_token();
-    store.add_admin_token(&hash_token(&token), "created at first start").await?;
+    store
+        .add_admin_token(&hash_token(&token), "created at first start")
+        .await?;
     Ok(Some(token))
 }
 
@@ -115,14 +130,20 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let store = open_store(&args.store).await?;
     if let Some(file) = &args.config {
         let config = Config::from_file(file)?;
-        let changes = store.apply(&config).await.with_context(|| format!("cannot apply {}", file.display()))?;
+        let changes = store
+            .apply(&config)
+            .await
+            .with_context(|| format!("cannot apply {}", file.display()))?;
         tracing::info!(file = %file.display(), changes = changes.changes.len(), "configuration file applied");
     }
     let new_admin_token = bootstrap_admin_token(&store, args.admin_token.as_deref()).await?;
 
     let gateway = Gateway::new(proxy_settings(&args));
     let status = Arc::new(NodeStatus::default());
-    let (revision, config) = store.export().await.context("cannot load the configuration")?;
+    let (revision, config) = store
+        .export()
+        .await
+        .context("cannot load the configuration")?;
     gateway.install(&config, revision);
     status.store_reachable(revision);
 
@@ -140,7 +161,11 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     if args.roles.contains(&Role::Gateway) {
         let listener = Listener::bind(&gateway.settings).await?;
         proxy_addr = Some(listener.local_addr()?);
-        tasks.push(tokio::spawn(tollgate_proxy::serve(listener, gateway.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(tollgate_proxy::serve(
+            listener,
+            gateway.clone(),
+            shutdown.clone(),
+        )));
     }
     let mut admin_addr = None;
     if args.roles.contains(&Role::Admin) {
@@ -148,14 +173,27 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
         admin_addr = Some(listener.local_addr()?);
-        let app = tollgate_admin::router(AdminState { store: store.clone(), status: status.clone() });
+        let app = tollgate_admin::router(AdminState {
+            store: store.clone(),
+            status: status.clone(),
+        });
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "admin listener failed");
             }
         }));
     }
-    Ok(Running { proxy_addr, admin_addr, gateway, status, store, shutdown, new_admin_token, tasks })
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        gateway,
+        status,
+        store,
+        shutdown,
+        new_admin_token,
+        tasks,
+    })
 }

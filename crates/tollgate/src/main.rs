@@ -7,7 +7,9 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -36,7 +38,7 @@ fn main() {
         match cli.command {
             Command::Serve(args) => {
                 init_logging(args.log_format);
-                serve(args).await
+                serve(*args).await
             }
             other => {
                 init_logging(LogFormat::Text);
@@ -62,7 +64,9 @@ async fn serve(args: tollgate::ServeArgs) -> anyhow::Result<i32> {
         eprintln!("tollgate: admin API listening on http://{addr}");
         if let Some(token) = &running.new_admin_token {
             eprintln!();
-            eprintln!("tollgate: created an admin token. It is shown only this once; store it now:");
+            eprintln!(
+                "tollgate: created an admin token. It is shown only this once; store it now:"
+            );
             eprintln!();
             eprintln!("    {token}");
             eprintln!();

@@ -9,7 +9,13 @@ use tollgate_admin::NodeStatus;
 use tollgate_proxy::Gateway;
 use tollgate_store::Store;
 
-pub async fn run(store: Store, gateway: Arc<Gateway>, status: Arc<NodeStatus>, every: Duration, stop: CancellationToken) {
+pub async fn run(
+    store: Store,
+    gateway: Arc<Gateway>,
+    status: Arc<NodeStatus>,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -42,6 +48,10 @@ async fn sync_once(store: &Store, gateway: &Gateway) -> Result<i64, tollgate_sto
     }
     let (revision, config) = store.export().await?;
     gateway.install(&config, revision);
-    tracing::info!(revision, services = config.services.len(), "configuration reloaded");
+    tracing::info!(
+        revision,
+        services = config.services.len(),
+        "configuration reloaded"
+    );
     Ok(revision)
 }

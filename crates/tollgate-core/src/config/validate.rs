@@ -228,10 +228,10 @@ pub(super) fn service(s: &ServiceSpec, at: &str, errs: &mut Errors) {
     if let Err(e) = s.upstream() {
         errs.push(format!("{at}.url"), e);
     }
-    if let Some(p) = &s.path {
-        if !p.starts_with('/') {
-            errs.push(format!("{at}.path"), "must start with `/`");
-        }
+    if let Some(p) = &s.path
+        && !p.starts_with('/')
+    {
+        errs.push(format!("{at}.path"), "must start with `/`");
     }
     for (i, t) in s.targets.iter().enumerate() {
         if let Err(e) = check_host_port(&t.target) {
@@ -277,21 +277,21 @@ pub(super) fn service(s: &ServiceSpec, at: &str, errs: &mut Errors) {
             errs.push(hat, "thresholds must be at least 1");
         }
     }
-    if let Some(p) = &s.health_checks.passive {
-        if p.unhealthy_threshold == 0 {
-            errs.push(
-                format!("{at}.health_checks.passive.unhealthy_threshold"),
-                "must be at least 1",
-            );
-        }
+    if let Some(p) = &s.health_checks.passive
+        && p.unhealthy_threshold == 0
+    {
+        errs.push(
+            format!("{at}.health_checks.passive.unhealthy_threshold"),
+            "must be at least 1",
+        );
     }
-    if let Some(cb) = &s.circuit_breaker {
-        if cb.failure_threshold == 0 {
-            errs.push(
-                format!("{at}.circuit_breaker.failure_threshold"),
-                "must be at least 1",
-            );
-        }
+    if let Some(cb) = &s.circuit_breaker
+        && cb.failure_threshold == 0
+    {
+        errs.push(
+            format!("{at}.circuit_breaker.failure_threshold"),
+            "must be at least 1",
+        );
     }
 }
 
