@@ -24,9 +24,7 @@ pub use validate::{PathPattern, Segment, parse_path_pattern};
 
 /// A whole declarative configuration: services with their routes, and the
 /// policies that apply globally.
-#[derive(
-    Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Format version of this file. Only `1` exists today.
@@ -42,6 +40,16 @@ pub struct Config {
 
 fn default_format_version() -> u32 {
     1
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            format_version: default_format_version(),
+            services: Vec::new(),
+            policies: Vec::new(),
+        }
+    }
 }
 
 /// Defines `$name` with every service setting plus the extra fields given.
@@ -681,7 +689,15 @@ impl PolicySpec {
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errs = validate::Errors::default();
         validate::policies(std::slice::from_ref(self), "", &mut errs);
-        errs.finish()
+        errs.finish().map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|e| FieldError {
+                    path: e.path.strip_prefix("[0].").unwrap_or(&e.path).to_owned(),
+                    reason: e.reason,
+                })
+                .collect()
+        })
     }
 }
 

@@ -158,12 +158,13 @@ pub(crate) async fn sqlite_pool(options: SqliteConnectOptions) -> Result<SqliteP
     let in_memory = file
         .to_str()
         .is_some_and(|f| f == ":memory:" || f.starts_with("file:"));
-    if !in_memory {
-        if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
-        }
+    let parent = file
+        .parent()
+        .filter(|p| !in_memory && !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
     }
     let options = options
         .create_if_missing(true)
@@ -171,11 +172,17 @@ pub(crate) async fn sqlite_pool(options: SqliteConnectOptions) -> Result<SqliteP
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(SQLITE_BUSY_TIMEOUT);
-    let pool = SqlitePoolOptions::new()
+    let mut pool_options = SqlitePoolOptions::new()
         .max_connections(8)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options)
-        .await?;
+        .acquire_timeout(ACQUIRE_TIMEOUT);
+    if in_memory {
+        // An in-memory database lives only while a connection to it is open.
+        pool_options = pool_options
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None);
+    }
+    let pool = pool_options.connect_with(options).await?;
     Ok(pool)
 }
 

@@ -125,10 +125,7 @@ fn database_went_away(db: &dyn DatabaseError) -> bool {
         let code = pg.code();
         return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
     }
-    if db
-        .try_downcast_ref::<sqlx::sqlite::SqliteError>()
-        .is_some()
-    {
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
         // Extended result codes keep the primary code in the low byte.
         let primary = db
             .code()
