@@ -597,6 +597,11 @@ impl Config {
                     .map(|l| format!("line {} column {}: ", l.line(), l.column()))
                     .unwrap_or_default();
                 let reason = strip_location(&inner.to_string());
+                // serde_yaml may start its message with the same path.
+                let reason = reason
+                    .strip_prefix(&format!("{path}: "))
+                    .map(str::to_owned)
+                    .unwrap_or(reason);
                 return Err(ConfigError::Parse {
                     file: file.to_owned(),
                     location,

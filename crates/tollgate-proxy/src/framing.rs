@@ -42,6 +42,11 @@ impl Verdicts {
         bad.iter().find(|(i, _)| *i == idx).map(|(_, why)| *why)
     }
 
+    /// How many requests have reached the service on this connection.
+    pub fn requests(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
     fn flag(&self, idx: u64, why: &'static str) {
         self.bad
             .lock()

@@ -38,6 +38,11 @@ pub(crate) fn spawn(svc: Arc<ServiceRt>, cfg: ActiveHealthCheck, stop: Cancellat
                         Ok(Ok(res)) => res.status().is_success() || res.status().is_redirection(),
                         _ => false,
                     };
+                // A probe that finished after a reload must not overwrite the
+                // state the new configuration set.
+                if stop.is_cancelled() {
+                    return;
+                }
                 let was = target.active_healthy.load(Ordering::Relaxed);
                 if ok {
                     failures = 0;

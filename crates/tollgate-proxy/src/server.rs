@@ -165,15 +165,31 @@ async fn serve_conn<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let header_timeout = gw.settings.header_read_timeout;
     let (io, verdicts) = FramingIo::new(io);
     let conn = Arc::new(ConnInfo {
         peer,
         tls,
-        verdicts,
+        verdicts: verdicts.clone(),
     });
     let svc = service_fn(move |req| handle(gw.clone(), conn.clone(), req));
     let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(fut.into_owned()).await {
+    let fut = watcher.watch(fut.into_owned());
+    tokio::pin!(fut);
+    // hyper's header deadline only starts once the protocol is known, so a
+    // client that sends nothing (or part of the HTTP/2 preface) would hold the
+    // connection for ever: without a first request in time, it is closed.
+    let res = tokio::select! {
+        res = &mut fut => res,
+        _ = tokio::time::sleep(header_timeout) => {
+            if verdicts.requests() == 0 {
+                tracing::debug!(%peer, "no request within the header deadline; closing");
+                return;
+            }
+            fut.await
+        }
+    };
+    if let Err(e) = res {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

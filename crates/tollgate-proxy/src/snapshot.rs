@@ -1,6 +1,7 @@
 //! Compiling a configuration into an immutable snapshot, and swapping it in.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -147,7 +148,7 @@ impl Gateway {
                 tracing::error!(service = %spec.name, "service has no usable upstream; skipped");
                 continue;
             };
-            let states = targets
+            let states: Vec<_> = targets
                 .iter()
                 .filter_map(|t| {
                     let authority = t.target.parse().ok()?;
@@ -158,6 +159,13 @@ impl Gateway {
                     )
                 })
                 .collect();
+            if spec.health_checks.active.is_none() {
+                // No checker will ever clear a "down" left by an earlier
+                // configuration's active check.
+                for t in &states {
+                    t.active_healthy.store(true, Ordering::Relaxed);
+                }
+            }
             let idx = services.len();
             services.push(Arc::new(ServiceRt {
                 name: Arc::from(spec.name.as_str()),

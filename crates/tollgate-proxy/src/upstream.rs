@@ -333,11 +333,14 @@ pub struct BudgetState {
     last_refill_ms: AtomicU64,
 }
 
+/// `last_refill_ms` before the first withdrawal.
+const NEVER_REFILLED: u64 = u64::MAX;
+
 impl Default for BudgetState {
     fn default() -> Self {
         BudgetState {
             milli_tokens: AtomicI64::new(0),
-            last_refill_ms: AtomicU64::new(now_ms()),
+            last_refill_ms: AtomicU64::new(NEVER_REFILLED),
         }
     }
 }
@@ -363,7 +366,14 @@ impl BudgetState {
     pub fn withdraw(&self, cfg: &RetryBudget) -> bool {
         let now = now_ms();
         let last = self.last_refill_ms.swap(now, Ordering::Relaxed);
-        let refill = now.saturating_sub(last) as i64 * i64::from(cfg.min_per_second);
+        // The first withdrawal finds one second of `min_per_second` waiting,
+        // so a service that just started can retry at once.
+        let elapsed = if last == NEVER_REFILLED {
+            1000
+        } else {
+            now.saturating_sub(last)
+        };
+        let refill = elapsed as i64 * i64::from(cfg.min_per_second);
         let cap = Self::cap(cfg);
         self.milli_tokens
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {

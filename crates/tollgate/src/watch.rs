@@ -24,7 +24,11 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let was_ok = status.is_store_ok();
-        match sync_once(&store, &gateway).await {
+        // A database that stops answering without closing connections must
+        // not stall the watcher: a poll that takes too long counts as a failure.
+        let outcome = tokio::time::timeout(POLL_DEADLINE, sync_once(&store, &gateway)).await;
+        let outcome = outcome.unwrap_or_else(|_| Err(Stalled));
+        match outcome {
             Ok(revision) => {
                 if !was_ok {
                     tracing::info!(revision, "configuration store reachable again");
@@ -40,7 +44,19 @@ pub async fn run(
     }
 }
 
-async fn sync_once(store: &Store, gateway: &Gateway) -> Result<i64, tollgate_store::StoreError> {
+/// Longest a poll (revision check plus reload) may take.
+const POLL_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error(transparent)]
+    Store(#[from] tollgate_store::StoreError),
+    #[error("the store did not answer within {}s", POLL_DEADLINE.as_secs())]
+    Stalled,
+}
+use SyncError::Stalled;
+
+async fn sync_once(store: &Store, gateway: &Gateway) -> Result<i64, SyncError> {
     let current = gateway.revision();
     let revision = store.revision().await?;
     if revision == current {
