@@ -1,6 +1,11 @@
 //! `tollgate`: see `tollgate --help`.
 
 use clap::Parser;
+
+/// mimalloc: the proxy allocates small, short-lived buffers per request, and
+/// glibc's allocator costs measurably more there (bench/RESULTS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tollgate::cli::{Cli, Command, LogFormat};
 
 fn init_logging(format: LogFormat) {
@@ -22,11 +27,18 @@ fn main() {
         Command::Serve(args) => args.worker_threads,
         _ => Some(1),
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One worker thread runs on the current-thread scheduler: no work
+    // stealing and no cross-thread wake-ups, measurably faster (bench/RESULTS.md).
+    let mut rt = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     rt.enable_all();
-    if let Some(n) = threads {
-        rt.worker_threads(n.max(1));
-    }
     let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {
