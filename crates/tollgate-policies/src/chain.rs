@@ -65,16 +65,15 @@ impl Chain {
         self.policies.iter().map(Policy::name).collect()
     }
 
-    /// Runs the access phase. On a reply, returns it with the number of
-    /// policies that ran, so later phases run only for those.
+    /// Runs the access phase, stopping at the first policy that answers.
     pub async fn access(
         &self,
         ctx: &mut RequestCtx,
         req: &mut request::Parts,
-    ) -> Result<(), (crate::Reply, usize)> {
-        for (i, p) in self.policies.iter().enumerate() {
+    ) -> Result<(), crate::Reply> {
+        for p in &self.policies {
             if let Flow::Reply(r) = p.access(ctx, req).await {
-                return Err((r, i + 1));
+                return Err(r);
             }
         }
         Ok(())
@@ -86,10 +85,9 @@ impl Chain {
         }
     }
 
-    /// Runs the response phase for the first `ran` policies (all when `None`).
-    pub fn response(&self, ctx: &mut RequestCtx, res: &mut response::Parts, ran: Option<usize>) {
-        let n = ran.unwrap_or(self.policies.len());
-        for p in &self.policies[..n.min(self.policies.len())] {
+    /// Runs the response phase of every policy.
+    pub fn response(&self, ctx: &mut RequestCtx, res: &mut response::Parts) {
+        for p in &self.policies {
             p.response(ctx, res);
         }
     }

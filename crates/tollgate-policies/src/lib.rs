@@ -42,8 +42,8 @@ pub trait Policy: Send + Sync + 'static {
     ///
     /// Return [`Flow::Continue`] to pass the request on to the next policy, or
     /// [`Flow::Reply`] to answer the client now: no later policy's `access`
-    /// runs and nothing is sent upstream, but `response` and `log` still run
-    /// for the policies before this one and for this one.
+    /// runs and nothing is sent upstream; the `response` and `log` phases still
+    /// run for every policy, on the reply.
     fn access(
         &self,
         ctx: &mut RequestCtx,
@@ -61,8 +61,8 @@ pub trait Policy: Send + Sync + 'static {
     }
 
     /// Response phase: runs on every response head going back to the client,
-    /// from the upstream or from the gateway, in chain order. The default does
-    /// nothing.
+    /// from the upstream or from the gateway (including another policy's early
+    /// reply), in chain order. The default does nothing.
     fn response(&self, ctx: &mut RequestCtx, res: &mut response::Parts) {
         let _ = (ctx, res);
     }

@@ -3,7 +3,7 @@
 //! whatever the size. Limits and deadlines are enforced while streaming.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -13,7 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::upstream::InFlight;
+use crate::upstream::{InFlight, now_ms};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -29,10 +29,28 @@ pub enum Tripped {
 
 /// Shared between the request body and the handler, which reads it after a
 /// failed upstream exchange to answer 413 or 408 instead of 502.
-#[derive(Debug, Default)]
-pub struct TripWire(AtomicU8);
+///
+/// It also records when the body last moved, so the wait for the upstream's
+/// answer counts from the end of the upload, not from its start.
+#[derive(Debug)]
+pub struct TripWire(AtomicU8, AtomicU64);
+
+impl Default for TripWire {
+    fn default() -> Self {
+        TripWire(AtomicU8::new(0), AtomicU64::new(now_ms()))
+    }
+}
 
 impl TripWire {
+    /// When the request body last made progress (milliseconds, [`now_ms`]).
+    pub fn progress_ms(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
+    }
+
+    fn touch(&self) {
+        self.1.store(now_ms(), Ordering::Relaxed);
+    }
+
     pub fn get(&self) -> Tripped {
         match self.0.load(Ordering::Acquire) {
             1 => Tripped::TooLarge,
@@ -172,6 +190,7 @@ impl Body for UpstreamBody {
                     }
                 }
                 this.timer = None;
+                this.wire.touch();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -180,6 +199,7 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(None) => {
                 this.end = true;
+                this.wire.touch();
                 Poll::Ready(None)
             }
             Poll::Pending => {

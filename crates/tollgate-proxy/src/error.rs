@@ -21,10 +21,16 @@ pub enum ProxyError {
     Smuggling(&'static str),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    HeadersTooLarge(String),
     #[error("no route matches {method} {path}")]
     NoRoute { method: String, path: String },
     #[error("route `{route}` does not accept {method}")]
-    MethodNotAllowed { route: String, method: String },
+    MethodNotAllowed {
+        route: String,
+        method: String,
+        allow: String,
+    },
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: u64 },
     #[error("the request body was not received in time")]
@@ -52,6 +58,7 @@ impl ProxyError {
         match self {
             ProxyError::Smuggling(_) => ErrorCode::RequestSmuggling,
             ProxyError::BadRequest(_) => ErrorCode::BadRequest,
+            ProxyError::HeadersTooLarge(_) => ErrorCode::HeadersTooLarge,
             ProxyError::NoRoute { .. } => ErrorCode::NoRoute,
             ProxyError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             ProxyError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
@@ -68,6 +75,7 @@ impl ProxyError {
         match self {
             ProxyError::Smuggling(_)
             | ProxyError::BadRequest(_)
+            | ProxyError::HeadersTooLarge(_)
             | ProxyError::NoRoute { .. }
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::PayloadTooLarge { .. }
@@ -107,6 +115,11 @@ impl ProxyError {
     /// the rest of the connection cannot be trusted.
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
         let mut res = problem_response(&self.to_problem(request_id));
+        if let ProxyError::MethodNotAllowed { allow, .. } = &self {
+            if let Ok(v) = HeaderValue::from_str(allow) {
+                res.headers_mut().insert(header::ALLOW, v);
+            }
+        }
         if self.closes_connection() {
             res.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

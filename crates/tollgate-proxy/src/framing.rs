@@ -8,38 +8,92 @@
 //! records a verdict per request head; the proxy service checks the verdict
 //! for each request by its sequence number on the connection.
 //!
-//! The tracker only reads; it never changes the bytes. When it cannot follow
-//! the stream (HTTP/2, an unparsable head, a tunnel), it stops and records
-//! nothing further.
+//! The same pass enforces the request-head limits, so their answers are
+//! problem documents like every other gateway error: a head over the size or
+//! field-count limit gets a verdict (431 `headers_too_large`), and a head that
+//! starts but does not finish within the header deadline is answered 408
+//! `request_timeout` here, before the connection closes. hyper's own limits are
+//! set wider and stay as the backstop.
+//!
+//! The tracker never changes the bytes it reads. When it cannot follow the
+//! stream (HTTP/2, an unparsable head, a tunnel), it stops and records nothing
+//! further.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+use tollgate_core::problem::{ErrorCode, PROBLEM_JSON, Problem};
 
-const MAX_HEAD: usize = 128 * 1024;
+/// Limits on request heads, enforced while following the stream.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// Largest head in bytes; larger gets 431.
+    pub max_bytes: usize,
+    /// Most header fields; more gets 431.
+    pub max_fields: usize,
+    /// Time from a head's first byte to its end; slower gets 408.
+    pub deadline: Duration,
+}
+
+impl HeadLimits {
+    /// Bytes beyond `max_bytes` the tracker keeps following, so a head just over
+    /// the limit still reaches the service and is answered with a problem.
+    pub const SLACK: usize = 64 * 1024;
+}
+
+/// Why a request is refused before it is routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Ambiguous message framing (request smuggling).
+    Framing(&'static str),
+    /// The head is over a limit.
+    HeadTooLarge(String),
+}
+
+/// The 408 written when a head does not arrive in time.
+fn request_timeout_response() -> &'static [u8] {
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    BYTES.get_or_init(|| {
+        let body = Problem::new(ErrorCode::RequestTimeout)
+            .detail("the request head was not received in time")
+            .to_json();
+        let mut out = format!(
+            "HTTP/1.1 408 Request Timeout\r\ncontent-type: {PROBLEM_JSON}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        out
+    })
+}
 
 /// Verdicts for one connection, shared with the service.
 #[derive(Debug, Default)]
 pub struct Verdicts {
     any_bad: AtomicBool,
-    bad: Mutex<Vec<(u64, &'static str)>>,
+    bad: Mutex<Vec<(u64, Refusal)>>,
     served: AtomicU64,
 }
 
 impl Verdicts {
-    /// Called once per request, in order; returns why the request's framing
-    /// is refused, if it is.
-    pub fn next_request(&self) -> Option<&'static str> {
+    /// Called once per request, in order; returns why the request is
+    /// refused, if it is.
+    pub fn next_request(&self) -> Option<Refusal> {
         let idx = self.served.fetch_add(1, Ordering::Relaxed);
         if !self.any_bad.load(Ordering::Acquire) {
             return None;
         }
         let bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
-        bad.iter().find(|(i, _)| *i == idx).map(|(_, why)| *why)
+        bad.iter()
+            .find(|(i, _)| *i == idx)
+            .map(|(_, why)| why.clone())
     }
 
     /// How many requests have reached the service on this connection.
@@ -47,7 +101,7 @@ impl Verdicts {
         self.served.load(Ordering::Relaxed)
     }
 
-    fn flag(&self, idx: u64, why: &'static str) {
+    fn flag(&self, idx: u64, why: Refusal) {
         self.bad
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -74,10 +128,15 @@ pub struct FramingIo<IO> {
     state: State,
     heads: u64,
     verdicts: Arc<Verdicts>,
+    limits: HeadLimits,
+    /// Armed while a head is arriving.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// The current head was already flagged as too large.
+    oversized: bool,
 }
 
 impl<IO> FramingIo<IO> {
-    pub fn new(io: IO) -> (Self, Arc<Verdicts>) {
+    pub fn new(io: IO, limits: HeadLimits) -> (Self, Arc<Verdicts>) {
         let verdicts = Arc::new(Verdicts::default());
         (
             FramingIo {
@@ -85,6 +144,9 @@ impl<IO> FramingIo<IO> {
                 state: State::Head(Vec::new()),
                 heads: 0,
                 verdicts: verdicts.clone(),
+                limits,
+                deadline: None,
+                oversized: false,
             },
             verdicts,
         )
@@ -137,7 +199,14 @@ impl<IO> FramingIo<IO> {
                         }
                     }
                     let Some(used) = done else {
-                        if line.len() > MAX_HEAD {
+                        let len = line.len();
+                        if head_like && len > self.limits.max_bytes && !self.oversized {
+                            self.oversized = true;
+                            let why =
+                                format!("the request head is over {} bytes", self.limits.max_bytes);
+                            self.verdicts.flag(self.heads, Refusal::HeadTooLarge(why));
+                        }
+                        if len > self.limits.max_bytes + HeadLimits::SLACK {
                             self.state = State::Off;
                         }
                         return;
@@ -174,6 +243,17 @@ impl<IO> FramingIo<IO> {
         }
         let idx = self.heads;
         self.heads += 1;
+        let oversized = std::mem::take(&mut self.oversized);
+        if !oversized && raw.len() > self.limits.max_bytes {
+            let why = format!("the request head is over {} bytes", self.limits.max_bytes);
+            self.verdicts.flag(idx, Refusal::HeadTooLarge(why));
+        } else if !oversized && req.headers.len() > self.limits.max_fields {
+            let why = format!(
+                "the request has more than {} header fields",
+                self.limits.max_fields
+            );
+            self.verdicts.flag(idx, Refusal::HeadTooLarge(why));
+        }
         let mut lengths = Vec::new();
         let mut te = false;
         let mut chunked_last = false;
@@ -192,17 +272,21 @@ impl<IO> FramingIo<IO> {
         if te && !lengths.is_empty() {
             self.verdicts.flag(
                 idx,
-                "the request has both Content-Length and Transfer-Encoding",
+                Refusal::Framing("the request has both Content-Length and Transfer-Encoding"),
             );
         } else if lengths.len() > 1 {
-            self.verdicts
-                .flag(idx, "the request has more than one Content-Length");
+            self.verdicts.flag(
+                idx,
+                Refusal::Framing("the request has more than one Content-Length"),
+            );
         } else if lengths
             .first()
             .is_some_and(|v| v.is_empty() || !v.iter().all(u8::is_ascii_digit))
         {
-            self.verdicts
-                .flag(idx, "the request's Content-Length is not a number");
+            self.verdicts.flag(
+                idx,
+                Refusal::Framing("the request's Content-Length is not a number"),
+            );
         }
         if te {
             return if chunked_last {
@@ -237,7 +321,7 @@ fn on_chunk_size(line: &[u8]) -> State {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for FramingIo<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for FramingIo<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -246,8 +330,33 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FramingIo<IO> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let res = Pin::new(&mut this.io).poll_read(cx, buf);
-        if matches!(res, Poll::Ready(Ok(()))) && !matches!(this.state, State::Off) {
-            this.feed(&buf.filled()[before..]);
+        match &res {
+            Poll::Ready(Ok(())) if !matches!(this.state, State::Off) => {
+                this.feed(&buf.filled()[before..]);
+                // The deadline runs from a head's first byte to its end.
+                match &this.state {
+                    State::Head(line) if !line.is_empty() => {
+                        if this.deadline.is_none() {
+                            this.deadline =
+                                Some(Box::pin(tokio::time::sleep(this.limits.deadline)));
+                        }
+                    }
+                    _ => this.deadline = None,
+                }
+            }
+            Poll::Pending => {
+                if let Some(timer) = this.deadline.as_mut() {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        // Best effort: the answer is small and the socket idle.
+                        let _ = Pin::new(&mut this.io).poll_write(cx, request_timeout_response());
+                        this.deadline = None;
+                        this.state = State::Off;
+                        // End of stream: hyper drops the half-read head and closes.
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+            _ => {}
         }
         res
     }
@@ -283,15 +392,21 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for FramingIo<IO> {
 mod tests {
     use super::*;
 
+    const LIMITS: HeadLimits = HeadLimits {
+        max_bytes: 1024,
+        max_fields: 10,
+        deadline: Duration::from_secs(10),
+    };
+
     fn run(chunks: &[&[u8]]) -> (Arc<Verdicts>, u64) {
-        let (mut io, v) = FramingIo::new(());
+        let (mut io, v) = FramingIo::new((), LIMITS);
         for c in chunks {
             io.feed(c);
         }
         (v, io.heads)
     }
 
-    fn verdicts(v: &Verdicts, n: u64) -> Vec<Option<&'static str>> {
+    fn verdicts(v: &Verdicts, n: u64) -> Vec<Option<Refusal>> {
         (0..n).map(|_| v.next_request()).collect()
     }
 
@@ -299,7 +414,7 @@ mod tests {
     fn clean_pipelined_requests_pass() {
         let stream = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloPOST /y HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /z HTTP/1.1\r\n\r\n";
         // Feed byte by byte to exercise every boundary.
-        let (mut io, v) = FramingIo::new(());
+        let (mut io, v) = FramingIo::new((), LIMITS);
         for b in stream.iter() {
             io.feed(std::slice::from_ref(b));
         }
@@ -316,13 +431,36 @@ mod tests {
         assert_eq!(heads, 2);
         let got = verdicts(&v, 2);
         assert_eq!(got[0], None);
-        assert!(got[1].expect("flagged").contains("both"));
+        assert!(matches!(&got[1], Some(Refusal::Framing(why)) if why.contains("both")));
 
         let (v, _) =
             run(&[b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"]);
-        assert!(v.next_request().expect("dup").contains("more than one"));
+        assert!(
+            matches!(v.next_request(), Some(Refusal::Framing(why)) if why.contains("more than one"))
+        );
         let (v, _) = run(&[b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc"]);
         assert!(v.next_request().is_some());
+    }
+
+    #[test]
+    fn heads_over_the_limits_are_flagged() {
+        let big = format!(
+            "GET / HTTP/1.1\r\nX-Big: {}\r\n\r\nGET /ok HTTP/1.1\r\n\r\n",
+            "a".repeat(2000)
+        );
+        let (v, heads) = run(&[big.as_bytes()]);
+        assert_eq!(heads, 2);
+        assert!(
+            matches!(v.next_request(), Some(Refusal::HeadTooLarge(why)) if why.contains("1024 bytes"))
+        );
+        assert_eq!(v.next_request(), None);
+        let many: String = (0..11).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let (v, _) = run(&[format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()]);
+        assert!(
+            matches!(v.next_request(), Some(Refusal::HeadTooLarge(why)) if why.contains("10 header fields"))
+        );
+        let (v, _) = run(&[b"GET / HTTP/1.1\r\nX-1: 1\r\n\r\n"]);
+        assert_eq!(v.next_request(), None);
     }
 
     #[test]

@@ -84,8 +84,9 @@ pub struct Match<'a, T> {
 pub enum Miss {
     /// Nothing matches host and path.
     NoRoute,
-    /// Host and path match, but not with this method.
-    Method,
+    /// Host and path match, but not with this method: the most specific
+    /// such route, and the methods the matching routes accept (for `Allow`).
+    Method { route: Arc<str>, allow: String },
 }
 
 /// A compiled router.
@@ -184,7 +185,7 @@ impl<T> Router<T> {
         path: &'a str,
         headers: &HeaderMap,
     ) -> Result<Match<'a, T>, Miss> {
-        let mut method_miss = false;
+        let mut method_miss: Option<(Arc<str>, Vec<&Method>)> = None;
         for e in &self.entries {
             if let Some(h) = &e.host
                 && !h.matches(host)
@@ -205,15 +206,25 @@ impl<T> Router<T> {
                 continue;
             }
             if !r.methods.is_empty() && !r.methods.contains(method) {
-                method_miss = true;
+                let (_, allow) = method_miss.get_or_insert_with(|| (r.name.clone(), Vec::new()));
+                for m in &r.methods {
+                    if !allow.contains(&m) {
+                        allow.push(m);
+                    }
+                }
                 continue;
             }
             return Ok(Match { route: r, rest });
         }
-        Err(if method_miss {
-            Miss::Method
-        } else {
-            Miss::NoRoute
+        Err(match method_miss {
+            Some((route, allow)) => {
+                let allow: Vec<&str> = allow.iter().map(|m| m.as_str()).collect();
+                Miss::Method {
+                    route,
+                    allow: allow.join(", "),
+                }
+            }
+            None => Miss::NoRoute,
         })
     }
 }
@@ -400,7 +411,10 @@ mod tests {
         );
         assert_eq!(
             r.find(&Method::DELETE, "", "/a", &h).map(|_| ()),
-            Err(Miss::Method)
+            Err(Miss::Method {
+                route: Arc::from("h"),
+                allow: "GET".into()
+            })
         );
         assert_eq!(
             r.find(&Method::GET, "", "/b", &h).map(|_| ()),

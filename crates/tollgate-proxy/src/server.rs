@@ -13,7 +13,10 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::framing::FramingIo;
+use crate::framing::{FramingIo, HeadLimits};
+
+/// How much later than the gateway's own header deadline hyper's fires.
+const HYPER_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::service::{ConnInfo, handle};
 use crate::settings::{ProxySettings, TlsFiles};
 use crate::snapshot::Gateway;
@@ -95,9 +98,12 @@ pub async fn serve(listener: Listener, gw: Arc<Gateway>, shutdown: CancellationT
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_bytes.max(8192))
-        .max_headers(settings.max_headers)
+        // The framing guard enforces the head limits and deadline with problem
+        // answers; hyper's own, set wider, are the backstop (and close idle
+        // keep-alive connections).
+        .header_read_timeout(settings.header_read_timeout + HYPER_SLACK)
+        .max_buf_size((settings.max_header_bytes + HeadLimits::SLACK).max(8192))
+        .max_headers(256)
         // Small heads and bodies go out in one flat write rather than writev.
         .writev(false);
     builder
@@ -167,8 +173,13 @@ async fn serve_conn<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let header_timeout = gw.settings.header_read_timeout;
-    let (io, verdicts) = FramingIo::new(io);
+    let limits = HeadLimits {
+        max_bytes: gw.settings.max_header_bytes,
+        max_fields: gw.settings.max_headers,
+        deadline: gw.settings.header_read_timeout,
+    };
+    let header_timeout = gw.settings.header_read_timeout + HYPER_SLACK;
+    let (io, verdicts) = FramingIo::new(io, limits);
     let conn = Arc::new(ConnInfo {
         peer,
         tls,

@@ -14,11 +14,11 @@ use tollgate_policies::{LogSummary, Reply, RequestCtx};
 
 use crate::body::{ProxyBody, ReplayableBody, TripWire, Tripped};
 use crate::error::ProxyError;
-use crate::framing::Verdicts;
+use crate::framing::{Refusal, Verdicts};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::router::{Miss, has_dot_segment, request_host};
 use crate::snapshot::{Gateway, RouteTarget, ServiceRt};
-use crate::upstream::{Admit, InFlight, TrialGuard, step_timeout};
+use crate::upstream::{Admit, InFlight, TrialGuard, now_ms};
 
 /// What the service knows about the client connection.
 #[derive(Debug)]
@@ -54,8 +54,10 @@ async fn proxy(
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    if let Some(why) = conn.verdicts.next_request() {
-        return Err(ProxyError::Smuggling(why));
+    match conn.verdicts.next_request() {
+        None => {}
+        Some(Refusal::Framing(why)) => return Err(ProxyError::Smuggling(why)),
+        Some(Refusal::HeadTooLarge(why)) => return Err(ProxyError::HeadersTooLarge(why)),
     }
     let (mut parts, body) = req.into_parts();
     let uri = parts.uri.clone();
@@ -77,10 +79,11 @@ async fn proxy(
                 path: short(path).to_owned(),
             });
         }
-        Err(Miss::Method) => {
+        Err(Miss::Method { route, allow }) => {
             return Err(ProxyError::MethodNotAllowed {
-                route: host,
+                route: route.to_string(),
                 method: parts.method.to_string(),
+                allow,
             });
         }
     };
@@ -103,8 +106,8 @@ async fn proxy(
     }
 
     // Access phase.
-    if let Err((reply, ran)) = rt.chain.access(&mut ctx, &mut parts).await {
-        return Ok(finish_reply(rt, &mut ctx, reply, Some(ran)));
+    if let Err(reply) = rt.chain.access(&mut ctx, &mut parts).await {
+        return Ok(finish_reply(rt, &mut ctx, reply));
     }
     let declared = parts
         .headers
@@ -227,7 +230,7 @@ async fn proxy(
         headers::strip_hop_by_hop(&mut res_parts.headers);
         ProxyBody::upstream(res_body, svc.read_timeout, deadline, guard)
     };
-    rt.chain.response(&mut ctx, &mut res_parts, None);
+    rt.chain.response(&mut ctx, &mut res_parts);
     let summary = LogSummary {
         status: res_parts.status,
         error: None,
@@ -266,16 +269,11 @@ fn short(s: &str) -> &str {
     }
 }
 
-fn finish_reply(
-    rt: &RouteTarget,
-    ctx: &mut RequestCtx,
-    reply: Reply,
-    ran: Option<usize>,
-) -> Response<ProxyBody> {
+fn finish_reply(rt: &RouteTarget, ctx: &mut RequestCtx, reply: Reply) -> Response<ProxyBody> {
     let mut res = Response::new(ProxyBody::full(reply.body));
     *res.status_mut() = reply.status;
     *res.headers_mut() = reply.headers;
-    finish(rt, ctx, res, ran, None)
+    finish(rt, ctx, res, None)
 }
 
 fn finish_error(rt: &RouteTarget, ctx: &mut RequestCtx, e: ProxyError) -> Response<ProxyBody> {
@@ -284,18 +282,17 @@ fn finish_error(rt: &RouteTarget, ctx: &mut RequestCtx, e: ProxyError) -> Respon
     }
     let code = e.code();
     let res = e.into_response(&ctx.request_id);
-    finish(rt, ctx, res, None, Some(code))
+    finish(rt, ctx, res, Some(code))
 }
 
 fn finish(
     rt: &RouteTarget,
     ctx: &mut RequestCtx,
     res: Response<ProxyBody>,
-    ran: Option<usize>,
     code: Option<tollgate_core::ErrorCode>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = res.into_parts();
-    rt.chain.response(ctx, &mut parts, ran);
+    rt.chain.response(ctx, &mut parts);
     let summary = LogSummary {
         status: parts.status,
         error: code,
@@ -322,6 +319,38 @@ fn idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
+}
+
+/// Waits for the upstream's response head. `read_timeout` counts from the
+/// last progress of the request body (its end, for a finished upload), so a
+/// slow client upload is not blamed on the upstream, while an upstream that
+/// stops reading the body still times out. `deadline` bounds the whole wait.
+async fn await_head<F: std::future::Future>(
+    fut: F,
+    wire: &TripWire,
+    read_timeout: Duration,
+    deadline: Option<Instant>,
+) -> Result<F::Output, ()> {
+    tokio::pin!(fut);
+    let read_ms = read_timeout.as_millis() as u64;
+    loop {
+        let last = wire.progress_ms();
+        let idle_left = Duration::from_millis((last + read_ms).saturating_sub(now_ms()));
+        let mut wake = Instant::now() + idle_left;
+        if let Some(d) = deadline {
+            wake = wake.min(d);
+        }
+        tokio::select! {
+            out = &mut fut => return Ok(out),
+            _ = tokio::time::sleep_until(wake) => {
+                let moved = wire.progress_ms() != last;
+                let past_deadline = deadline.is_some_and(|d| Instant::now() >= d);
+                if past_deadline || !moved {
+                    return Err(());
+                }
+            }
+        }
+    }
 }
 
 type Sent = (Response<Incoming>, InFlight, Option<Instant>, Duration);
@@ -387,8 +416,7 @@ async fn send(svc: &ServiceRt, mut ex: Exchange) -> Result<Sent, ProxyError> {
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
 
-        let wait = step_timeout(svc.read_timeout, deadline.map(Into::into));
-        let outcome = tokio::time::timeout(wait, svc.client.request(req)).await;
+        let outcome = await_head(svc.client.request(req), &wire, svc.read_timeout, deadline).await;
         let err = match outcome {
             Ok(Ok(res)) => {
                 let ok = !res.status().is_server_error();

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::uri::Authority;
 use tollgate_core::config::{CircuitBreaker, LoadBalancing, PassiveHealthCheck, RetryBudget};
@@ -381,14 +381,6 @@ impl BudgetState {
                 (t >= 1000).then_some(t - 1000)
             })
             .is_ok()
-    }
-}
-
-/// Time budget helper: the smaller of a per-step timeout and what is left of a deadline.
-pub fn step_timeout(step: Duration, deadline: Option<Instant>) -> Duration {
-    match deadline {
-        Some(d) => step.min(d.saturating_duration_since(Instant::now())),
-        None => step,
     }
 }
 

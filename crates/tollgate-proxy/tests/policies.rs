@@ -372,10 +372,11 @@ async fn route_policies_replace_service_and_global_ones_of_the_same_name() {
         assert_eq!(e.header("x-global-only").as_deref(), global_only, "{path}");
     }
     // A route policy of another name adds to the inherited ones. It answers
-    // in the access phase, so (as `Policy::access` documents) the response
-    // phase runs only for the policies that ran, which ends the chain here.
+    // in the access phase; the response phase still runs for every policy
+    // (as `Policy::access` documents), so the global response transformer
+    // applies to the gateway's own 403 too.
     let r = c.get(&gw.url("/four")).await;
     assert_eq!(r.problem(403), "ip_forbidden");
-    assert_eq!(r.header("x-global-response"), None);
+    assert_eq!(r.header("x-global-response"), Some("1"));
     assert_eq!(up.stats.requests(), 3);
 }

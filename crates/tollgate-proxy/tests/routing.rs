@@ -133,6 +133,14 @@ async fn wrong_method_is_405_method_not_allowed() {
     let c = client();
     let r = c.request("DELETE", &gw.url("/m"), &[], empty()).await;
     assert_eq!(r.problem(405), "method_not_allowed");
+    // RFC 9110 15.5.6: a 405 lists what the target accepts.
+    assert_eq!(r.header("allow"), Some("GET, HEAD, POST"));
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("get-only")
+    );
     let r = c.request("PUT", &gw.url("/m/1"), &[], full("x")).await;
     assert_eq!(r.problem(405), "method_not_allowed");
     assert!(ups.iter().all(|u| u.stats.requests() == 0));
