@@ -49,6 +49,16 @@ fn format_of(parts: &axum::http::HeaderMap, allow_yaml: bool) -> Result<Format, 
 }
 
 async fn read_body(req: Request) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY as u64) {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the body is larger than {MAX_BODY} bytes"
+        )));
+    }
     axum::body::to_bytes(req.into_body(), MAX_BODY)
         .await
         .map_err(|_| {

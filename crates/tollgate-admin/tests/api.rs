@@ -22,6 +22,16 @@ struct Api {
     status: Arc<NodeStatus>,
 }
 
+/// One bad request: method, path, content type, body, expected status and code.
+type Case = (
+    Method,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    StatusCode,
+    &'static str,
+);
+
 struct Reply {
     status: StatusCode,
     headers: hyper::HeaderMap,
@@ -180,7 +190,7 @@ tollgate_store::backend_tests! {
 
     async fn client_mistakes_get_4xx_problems(store) {
         let api = Api::start(store).await;
-        let cases: Vec<(Method, &str, Option<&str>, &str, StatusCode, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (Method::POST, "/services", Some("application/json"), "{not json", StatusCode::BAD_REQUEST, "bad_request"),
             (Method::POST, "/services", Some("text/plain"), "{}", StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             (Method::POST, "/services", None, "{}", StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
@@ -205,10 +215,29 @@ tollgate_store::backend_tests! {
             assert_eq!(r.status, status, "{method} {path} {body}: {}", r.text);
             assert_eq!(r.code(), code, "{method} {path} {body}");
         }
-        // Oversized body.
-        let big = format!("{{\"name\": \"{}\"}}", "a".repeat(5 * 1024 * 1024));
-        let r = api.call(Method::POST, "/services", Some("application/json"), &big, Some(TOKEN)).await;
-        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+        // Oversized body: refused on its declared length, before it is read.
+        {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut tcp = tokio::net::TcpStream::connect(api.addr).await.expect("connect");
+            let head = format!(
+                "POST /services HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{{",
+                5 * 1024 * 1024
+            );
+            tcp.write_all(head.as_bytes()).await.expect("write");
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            // Read until the problem's closing brace (or the end), a bounded number of times.
+            for _ in 0..100 {
+                let n = tcp.read(&mut buf).await.expect("read");
+                got.extend_from_slice(&buf[..n]);
+                if n == 0 || got.ends_with(b"}") {
+                    break;
+                }
+            }
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+            assert!(text.contains("payload_too_large"), "{text}");
+        }
         // Conflict.
         let body = json!({"name": "dup", "url": "http://127.0.0.1:1"});
         assert_eq!(api.send(Method::POST, "/services", body.clone()).await.status, StatusCode::CREATED);

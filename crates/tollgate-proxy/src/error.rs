@@ -115,10 +115,10 @@ impl ProxyError {
     /// the rest of the connection cannot be trusted.
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
         let mut res = problem_response(&self.to_problem(request_id));
-        if let ProxyError::MethodNotAllowed { allow, .. } = &self {
-            if let Ok(v) = HeaderValue::from_str(allow) {
-                res.headers_mut().insert(header::ALLOW, v);
-            }
+        if let ProxyError::MethodNotAllowed { allow, .. } = &self
+            && let Ok(v) = HeaderValue::from_str(allow)
+        {
+            res.headers_mut().insert(header::ALLOW, v);
         }
         if self.closes_connection() {
             res.headers_mut()

@@ -345,15 +345,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for FramingIo<IO> {
                 }
             }
             Poll::Pending => {
-                if let Some(timer) = this.deadline.as_mut() {
-                    if timer.as_mut().poll(cx).is_ready() {
-                        // Best effort: the answer is small and the socket idle.
-                        let _ = Pin::new(&mut this.io).poll_write(cx, request_timeout_response());
-                        this.deadline = None;
-                        this.state = State::Off;
-                        // End of stream: hyper drops the half-read head and closes.
-                        return Poll::Ready(Ok(()));
-                    }
+                if let Some(timer) = this.deadline.as_mut()
+                    && timer.as_mut().poll(cx).is_ready()
+                {
+                    // Best effort: the answer is small and the socket idle.
+                    let _ = Pin::new(&mut this.io).poll_write(cx, request_timeout_response());
+                    this.deadline = None;
+                    this.state = State::Off;
+                    // End of stream: hyper drops the half-read head and closes.
+                    return Poll::Ready(Ok(()));
                 }
             }
             _ => {}

@@ -33,11 +33,12 @@ pub(crate) fn spawn(svc: Arc<ServiceRt>, cfg: ActiveHealthCheck, stop: Cancellat
                 else {
                     return;
                 };
-                let ok =
-                    match tokio::time::timeout(cfg.timeout.get(), svc.client.request(req)).await {
-                        Ok(Ok(res)) => res.status().is_success() || res.status().is_redirection(),
-                        _ => false,
-                    };
+                let ok = match tokio::time::timeout(cfg.timeout.get(), svc.client().request(req))
+                    .await
+                {
+                    Ok(Ok(res)) => res.status().is_success() || res.status().is_redirection(),
+                    _ => false,
+                };
                 // A probe that finished after a reload must not overwrite the
                 // state the new configuration set.
                 if stop.is_cancelled() {

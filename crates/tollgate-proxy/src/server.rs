@@ -49,18 +49,31 @@ impl Listener {
     /// Binds the proxy address and loads TLS material, if any.
     pub async fn bind(settings: &ProxySettings) -> Result<Listener, ListenError> {
         let tls = settings.tls.as_ref().map(load_tls).transpose()?;
-        let tcp = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| ListenError::Bind {
-                addr: settings.listen,
-                source,
-            })?;
+        let tcp = reuseport_listener(settings.listen).map_err(|source| ListenError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
         Ok(Listener { tcp, tls })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.tcp.local_addr()
     }
+}
+
+/// A listener with `SO_REUSEPORT`, so each worker thread can have its own on
+/// the same address and the kernel spreads connections over them.
+fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, ListenError> {

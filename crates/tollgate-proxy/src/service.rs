@@ -416,7 +416,8 @@ async fn send(svc: &ServiceRt, mut ex: Exchange) -> Result<Sent, ProxyError> {
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
 
-        let outcome = await_head(svc.client.request(req), &wire, svc.read_timeout, deadline).await;
+        let outcome =
+            await_head(svc.client().request(req), &wire, svc.read_timeout, deadline).await;
         let err = match outcome {
             Ok(Ok(res)) => {
                 let ok = !res.status().is_server_error();

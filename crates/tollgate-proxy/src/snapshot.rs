@@ -1,6 +1,6 @@
 //! Compiling a configuration into an immutable snapshot, and swapping it in.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,8 +18,37 @@ use crate::router::Router;
 use crate::settings::ProxySettings;
 use crate::upstream::{Balancer, Registry, ServiceState};
 
-/// The HTTP client used for upstreams; one per connect timeout, shared across snapshots.
+/// The HTTP client used for upstreams. Each worker thread keeps one per
+/// connect timeout, outside any snapshot, so keep-alive connections survive
+/// reloads and a request uses connections owned by its own thread.
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+thread_local! {
+    static CLIENTS: std::cell::RefCell<Vec<(Duration, UpstreamClient)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// This thread's client for `connect_timeout`, created on first use.
+pub fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
+    CLIENTS.with(|clients| {
+        let mut clients = clients.borrow_mut();
+        if let Some((_, c)) = clients.iter().find(|(t, _)| *t == connect_timeout) {
+            return c.clone();
+        }
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .http1_writev(false)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(http);
+        clients.push((connect_timeout, client.clone()));
+        client
+    })
+}
 
 /// What a matched route leads to.
 #[derive(Debug)]
@@ -43,8 +72,15 @@ pub struct ServiceRt {
     pub passive: Option<PassiveHealthCheck>,
     pub breaker: Option<CircuitBreaker>,
     pub state: Arc<ServiceState>,
-    pub client: UpstreamClient,
+    pub connect_timeout: Duration,
     pub active: Option<tollgate_core::config::ActiveHealthCheck>,
+}
+
+impl ServiceRt {
+    /// The upstream client for this service on the current thread.
+    pub fn client(&self) -> UpstreamClient {
+        upstream_client(self.connect_timeout)
+    }
 }
 
 /// An immutable, compiled configuration.
@@ -62,7 +98,6 @@ pub struct Snapshot {
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     registry: Registry,
-    clients: Mutex<HashMap<Duration, UpstreamClient>>,
     health: Mutex<Option<CancellationToken>>,
     pub settings: ProxySettings,
 }
@@ -76,7 +111,6 @@ impl Gateway {
                 services: Vec::new(),
             }),
             registry: Registry::default(),
-            clients: Mutex::new(HashMap::new()),
             health: Mutex::new(None),
             settings,
         })
@@ -89,26 +123,6 @@ impl Gateway {
 
     pub fn revision(&self) -> i64 {
         self.snapshot.load().revision
-    }
-
-    fn client(&self, connect_timeout: Duration) -> UpstreamClient {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients
-            .entry(connect_timeout)
-            .or_insert_with(|| {
-                let mut http = HttpConnector::new();
-                http.set_connect_timeout(Some(connect_timeout));
-                http.set_nodelay(true);
-                http.enforce_http(true);
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_max_idle_per_host(1024)
-                    .http1_writev(false)
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .build(http)
-            })
-            .clone()
     }
 
     /// Compiles `config` and makes it current. Must run inside a Tokio
@@ -179,7 +193,7 @@ impl Gateway {
                 passive: spec.health_checks.passive.clone(),
                 breaker: spec.circuit_breaker.clone(),
                 state: self.registry.service(&spec.name),
-                client: self.client(spec.connect_timeout.get()),
+                connect_timeout: spec.connect_timeout.get(),
                 active: spec.health_checks.active.clone(),
             }));
             for route in svc_routes {

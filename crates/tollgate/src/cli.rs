@@ -114,7 +114,7 @@ pub struct ServeArgs {
     /// Admin token to accept (stored hashed). Without it, a first start prints a new one.
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Tokio worker threads; default: one per core.
+    /// Proxy worker threads, each with its own runtime and listener; default: one per core.
     #[arg(long, env = "TOLLGATE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
     /// Serve the proxy over TLS with this PEM certificate chain (needs --tls-key).

@@ -125,6 +125,66 @@ async fn bootstrap_admin_token(
     Ok(Some(token))
 }
 
+/// Proxy worker threads: `--worker-threads`, or one per core.
+fn proxy_workers(args: &ServeArgs) -> usize {
+    args.worker_threads
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1)
+}
+
+/// Runs one more proxy worker on its own thread and current-thread runtime.
+/// Returns once its listener is bound; the task ends when the worker stops.
+async fn spawn_proxy_worker(
+    worker: usize,
+    addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut settings = gateway.settings.clone();
+    settings.listen = addr;
+    std::thread::Builder::new()
+        .name(format!("tollgate-proxy-{worker}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(anyhow::anyhow!(
+                        "cannot start proxy worker {worker}: {e}"
+                    )));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match Listener::bind(&settings).await {
+                    Ok(listener) => {
+                        let _ = bound_tx.send(Ok(()));
+                        tollgate_proxy::serve(listener, gateway, shutdown).await;
+                    }
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(e.into()));
+                    }
+                }
+            });
+            drop(done_tx);
+        })
+        .with_context(|| format!("cannot start proxy worker {worker}"))?;
+    bound_rx
+        .await
+        .context("proxy worker stopped before listening")??;
+    Ok(tokio::spawn(async move {
+        let _ = done_rx.await;
+    }))
+}
+
 /// Starts a node with these settings. Returns once every listener is bound.
 pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let store = open_store(&args.store).await?;
@@ -159,13 +219,19 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
 
     let mut proxy_addr = None;
     if args.roles.contains(&Role::Gateway) {
+        // Worker 0 is this (current-thread) runtime; workers 1..N get a thread
+        // and a runtime each, with their own SO_REUSEPORT listener.
         let listener = Listener::bind(&gateway.settings).await?;
-        proxy_addr = Some(listener.local_addr()?);
+        let addr = listener.local_addr()?;
+        proxy_addr = Some(addr);
         tasks.push(tokio::spawn(tollgate_proxy::serve(
             listener,
             gateway.clone(),
             shutdown.clone(),
         )));
+        for worker in 1..proxy_workers(&args) {
+            tasks.push(spawn_proxy_worker(worker, addr, gateway.clone(), shutdown.clone()).await?);
+        }
     }
     let mut admin_addr = None;
     if args.roles.contains(&Role::Admin) {

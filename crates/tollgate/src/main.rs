@@ -23,21 +23,10 @@ fn init_logging(format: LogFormat) {
 
 fn main() {
     let cli = Cli::parse();
-    let threads = match &cli.command {
-        Command::Serve(args) => args.worker_threads,
-        _ => Some(1),
-    };
-    // One worker thread runs on the current-thread scheduler: no work
-    // stealing and no cross-thread wake-ups, measurably faster (bench/RESULTS.md).
-    let mut rt = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
+    // Every runtime is current-thread: the proxy runs one per worker thread
+    // (see `tollgate::start`), which measured faster than a work-stealing
+    // pool (bench/RESULTS.md). This one also serves the admin API.
+    let mut rt = tokio::runtime::Builder::new_current_thread();
     rt.enable_all();
     let rt = match rt.build() {
         Ok(rt) => rt,
