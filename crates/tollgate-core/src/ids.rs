@@ -16,6 +16,16 @@ pub struct IdError {
     pub value: String,
 }
 
+/// A monotonic ULID: ids made in the same millisecond still sort in creation
+/// order, so "oldest first" listings and keyset pagination agree.
+fn next_ulid() -> ulid::Ulid {
+    static GENERATOR: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
+    let mut guard = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let generator = guard.get_or_insert_with(ulid::Generator::new);
+    // Overflow needs 2^80 ids in one millisecond; fall back to a plain ULID.
+    generator.generate().unwrap_or_else(|_| ulid::Ulid::new())
+}
+
 macro_rules! typed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
         $(#[$doc])*
@@ -27,9 +37,9 @@ macro_rules! typed_id {
             /// The prefix every id of this kind starts with.
             pub const PREFIX: &'static str = $prefix;
 
-            /// A fresh, time-ordered id.
+            /// A fresh id, ordered after every id this process made before.
             pub fn new() -> Self {
-                Self(format!("{}{}", $prefix, ulid::Ulid::new().to_string().to_ascii_lowercase()))
+                Self(format!("{}{}", $prefix, next_ulid().to_string().to_ascii_lowercase()))
             }
 
             pub fn as_str(&self) -> &str {
@@ -114,6 +124,14 @@ typed_id!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_sort_in_creation_order() {
+        let ids: Vec<ServiceId> = (0..1000).map(|_| ServiceId::new()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+    }
 
     #[test]
     fn ids_round_trip_and_reject_wrong_kinds() {
