@@ -126,7 +126,16 @@ async fn serve_with_a_config_file_routes_as_soon_as_it_listens() {
     assert_eq!(r.problem_code(), "no_route");
     let r = get(&format!("http://{}/readyz", node.admin)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    node.stop().await;
+    let lines = node.stop().await;
+    // stderr is a pipe here: the logs must be plain text, not terminal colours.
+    assert!(
+        lines.iter().any(|l| l.contains("configuration applied")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains('\u{1b}')),
+        "ANSI escapes in piped logs: {lines:?}"
+    );
 }
 
 #[tokio::test]
