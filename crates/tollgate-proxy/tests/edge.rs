@@ -8,20 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 use tokio::time::Instant;
-use tollgate_proxy::ProxySettings;
-
-async fn echo_gateway(settings: ProxySettings) -> (TestGateway, Upstream) {
-    let up = Upstream::echo("up").await;
-    let gw = TestGateway::start_with(
-        settings,
-        &one_service(
-            &up.url(),
-            json!([{"name": "all", "paths": ["/"], "strip_path": false}]),
-        ),
-    )
-    .await;
-    (gw, up)
-}
 
 #[tokio::test]
 async fn hop_by_hop_request_headers_are_stripped() {

@@ -11,26 +11,15 @@ use http::{Request, Version};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
-use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tollgate_proxy::settings::TlsFiles;
 
 const MIB: usize = 1024 * 1024;
 
-async fn echo_gateway() -> (TestGateway, Upstream) {
-    let up = Upstream::echo("up").await;
-    let gw = TestGateway::start(&one_service(
-        &up.url(),
-        json!([{"name": "all", "paths": ["/"], "strip_path": false}]),
-    ))
-    .await;
-    (gw, up)
-}
-
 #[tokio::test]
 async fn h2c_prior_knowledge_is_proxied_to_http11() {
-    let (gw, up) = echo_gateway().await;
+    let (gw, up) = echo_gateway(settings()).await;
     let mut h2 = h2c(gw.addr).await;
     let req = Request::get(format!("http://{}/api/x?q=1", gw.addr))
         .header("x-client", "h2")
@@ -123,18 +112,9 @@ async fn tls_connect(
 }
 
 async fn tls_gateway(tls: &Tls) -> (TestGateway, Upstream) {
-    let up = Upstream::echo("up").await;
     let mut s = settings();
     s.tls = Some(tls.files.clone());
-    let gw = TestGateway::start_with(
-        s,
-        &one_service(
-            &up.url(),
-            json!([{"name": "all", "paths": ["/"], "strip_path": false}]),
-        ),
-    )
-    .await;
-    (gw, up)
+    echo_gateway(s).await
 }
 
 #[tokio::test]
@@ -205,7 +185,7 @@ async fn tls_with_http11_is_proxied() {
 
 #[tokio::test]
 async fn websocket_upgrade_is_tunnelled_both_ways() {
-    let (gw, up) = echo_gateway().await;
+    let (gw, up) = echo_gateway(settings()).await;
     let (mut ws, res) = within(
         "websocket handshake",
         tokio_tungstenite::connect_async(format!("ws://{}/ws/chat", gw.addr)),
@@ -275,13 +255,13 @@ async fn upload(gw: &TestGateway, chunks: usize) -> Echo {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_chunked_upload_is_streamed_to_the_upstream() {
-    let (gw, _up) = echo_gateway().await;
+    let (gw, _up) = echo_gateway(settings()).await;
     upload(&gw, 64).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_download_is_streamed_to_the_client() {
-    let (gw, _up) = echo_gateway().await;
+    let (gw, _up) = echo_gateway(settings()).await;
     let len = 64 * MIB;
     let res = within(
         "download",
@@ -324,7 +304,7 @@ fn vm_hwm_kib() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "moves 1 GiB; run on demand"]
 async fn one_gib_upload_keeps_memory_flat() {
-    let (gw, _up) = echo_gateway().await;
+    let (gw, _up) = echo_gateway(settings()).await;
     upload(&gw, 1).await;
     let before = vm_hwm_kib();
     let started = std::time::Instant::now();

@@ -114,6 +114,16 @@ pub fn one_service(url: &str, routes: Value) -> Value {
     json!({"services": [{"name": "svc", "url": url, "routes": routes}]})
 }
 
+/// A gateway with these settings and one echo upstream behind a catch-all
+/// route that forwards the path unchanged.
+#[allow(dead_code)]
+pub async fn echo_gateway(settings: ProxySettings) -> (TestGateway, Upstream) {
+    let up = Upstream::echo("up").await;
+    let routes = json!([{"name": "all", "paths": ["/"], "strip_path": false}]);
+    let gw = TestGateway::start_with(settings, &one_service(&up.url(), routes)).await;
+    (gw, up)
+}
+
 /// A port on 127.0.0.1 where nothing listens.
 pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
