@@ -116,7 +116,6 @@ pub fn one_service(url: &str, routes: Value) -> Value {
 
 /// A gateway with these settings and one echo upstream behind a catch-all
 /// route that forwards the path unchanged.
-#[allow(dead_code)]
 pub async fn echo_gateway(settings: ProxySettings) -> (TestGateway, Upstream) {
     let up = Upstream::echo("up").await;
     let routes = json!([{"name": "all", "paths": ["/"], "strip_path": false}]);
