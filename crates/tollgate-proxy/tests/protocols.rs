@@ -15,8 +15,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tollgate_proxy::settings::TlsFiles;
 
-const MIB: usize = 1024 * 1024;
-
 #[tokio::test]
 async fn h2c_prior_knowledge_is_proxied_to_http11() {
     let (gw, up) = echo_gateway(settings()).await;
@@ -228,31 +226,6 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
     assert_eq!(get(&gw.url("/after")).await.status, 200);
 }
 
-async fn upload(gw: &TestGateway, chunks: usize) -> Echo {
-    let chunk = pattern(MIB);
-    let r = client()
-        .request(
-            "POST",
-            &gw.url("/upload"),
-            &[],
-            streamed(chunk.clone(), chunks),
-        )
-        .await;
-    let e = r.echo();
-    assert_eq!(
-        e.body_len(),
-        (chunks * MIB) as u64,
-        "bytes received upstream"
-    );
-    assert_eq!(
-        e.body_sum(),
-        checksum(&chunk).wrapping_mul(chunks as u64),
-        "checksum"
-    );
-    assert_eq!(e.header("transfer-encoding").as_deref(), Some("chunked"));
-    e
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_chunked_upload_is_streamed_to_the_upstream() {
     let (gw, _up) = echo_gateway(settings()).await;
@@ -287,34 +260,4 @@ async fn large_download_is_streamed_to_the_client() {
         }
     }
     assert_eq!((got, sum), (len, expected_sum));
-}
-
-fn vm_hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
-/// Run alone: `cargo test -p tollgate-proxy --test protocols -- --ignored`.
-/// The gateway, the upstream and the client share this process, so the peak
-/// RSS bounds what the proxy buffers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "moves 1 GiB; run on demand"]
-async fn one_gib_upload_keeps_memory_flat() {
-    let (gw, _up) = echo_gateway(settings()).await;
-    upload(&gw, 1).await;
-    let before = vm_hwm_kib();
-    let started = std::time::Instant::now();
-    upload(&gw, 1024).await;
-    let took = started.elapsed();
-    let after = vm_hwm_kib();
-    let growth_mib = (after.saturating_sub(before)) as f64 / 1024.0;
-    eprintln!(
-        "1 GiB upload: {took:?} ({:.0} MiB/s); VmHWM {before} kB -> {after} kB (+{growth_mib:.1} MiB)",
-        1024.0 / took.as_secs_f64()
-    );
-    assert!(growth_mib < 64.0, "peak RSS grew by {growth_mib:.1} MiB");
 }

@@ -8,6 +8,7 @@
 mod raw;
 mod upstream;
 
+#[allow(unused_imports)]
 pub use raw::*;
 pub use upstream::*;
 
@@ -49,6 +50,35 @@ pub fn empty() -> Body {
 }
 
 /// A body of `chunks` copies of `chunk`, streamed (so sent chunked).
+pub const MIB: usize = 1024 * 1024;
+
+/// Streams `chunks` MiB through the gateway as a chunked POST and checks
+/// that the upstream received every byte, in order.
+pub async fn upload(gw: &TestGateway, chunks: usize) -> Echo {
+    let chunk = pattern(MIB);
+    let r = client()
+        .request(
+            "POST",
+            &gw.url("/upload"),
+            &[],
+            streamed(chunk.clone(), chunks),
+        )
+        .await;
+    let e = r.echo();
+    assert_eq!(
+        e.body_len(),
+        (chunks * MIB) as u64,
+        "bytes received upstream"
+    );
+    assert_eq!(
+        e.body_sum(),
+        checksum(&chunk).wrapping_mul(chunks as u64),
+        "checksum"
+    );
+    assert_eq!(e.header("transfer-encoding").as_deref(), Some("chunked"));
+    e
+}
+
 pub fn streamed(chunk: Bytes, chunks: usize) -> Body {
     let frames = futures_util::stream::iter(
         (0..chunks).map(move |_| Ok::<_, BoxError>(Frame::data(chunk.clone()))),
