@@ -395,11 +395,7 @@ async fn send(svc: &ServiceRt, mut ex: Exchange) -> Result<Sent, ProxyError> {
         };
         match &ex.host {
             Some(h) => headers.insert(header::HOST, h.clone()),
-            None => headers.insert(
-                header::HOST,
-                HeaderValue::from_str(target.authority.as_str())
-                    .unwrap_or(HeaderValue::from_static("localhost")),
-            ),
+            None => headers.insert(header::HOST, target.host_header.clone()),
         };
         let uri = Uri::builder()
             .scheme("http")

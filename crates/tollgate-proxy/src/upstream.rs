@@ -24,6 +24,8 @@ pub fn now_ms() -> u64 {
 pub struct TargetState {
     pub addr: Arc<str>,
     pub authority: Authority,
+    /// `Host` for requests to this target, made once.
+    pub host_header: http::HeaderValue,
     pub weight: AtomicU32,
     pub in_flight: AtomicUsize,
     /// Set by the active checker; true until a probe says otherwise.
@@ -34,9 +36,12 @@ pub struct TargetState {
 
 impl TargetState {
     fn new(addr: &str, authority: Authority, weight: u32) -> Self {
+        let host_header = http::HeaderValue::from_str(authority.as_str())
+            .unwrap_or(http::HeaderValue::from_static("localhost"));
         TargetState {
             addr: Arc::from(addr),
             authority,
+            host_header,
             weight: AtomicU32::new(weight),
             in_flight: AtomicUsize::new(0),
             active_healthy: AtomicBool::new(true),

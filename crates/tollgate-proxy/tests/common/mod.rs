@@ -287,20 +287,28 @@ impl Reply {
 
     /// Asserts a problem+json answer with `status` and returns its `code`.
     pub fn problem(&self, status: u16) -> String {
-        assert_eq!(
+        assert_problem(
             self.status.as_u16(),
-            status,
-            "body: {:?}",
-            String::from_utf8_lossy(&self.body)
-        );
-        assert_eq!(
             self.header("content-type"),
-            Some("application/problem+json")
-        );
-        let v = self.json();
-        assert_eq!(v["status"], status);
-        v["code"].as_str().expect("code").to_owned()
+            &self.body,
+            status,
+        )
     }
+}
+
+/// Asserts a problem+json answer with `status` and returns its `code`.
+pub fn assert_problem(got: u16, content_type: Option<&str>, body: &[u8], status: u16) -> String {
+    let text = String::from_utf8_lossy(body);
+    assert_eq!(got, status, "body: {text:?}");
+    assert_eq!(
+        content_type,
+        Some("application/problem+json"),
+        "body: {text:?}"
+    );
+    let v: Value =
+        serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    assert_eq!(v["status"], status);
+    v["code"].as_str().expect("code").to_owned()
 }
 
 /// The request as an echo upstream saw it.

@@ -30,17 +30,7 @@ impl RawResponse {
     }
     /// Asserts a problem+json answer with `status` and returns its `code`.
     pub fn problem(&self, status: u16) -> String {
-        assert_eq!(
-            self.status,
-            status,
-            "body: {:?}",
-            String::from_utf8_lossy(&self.body)
-        );
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/problem+json")
-        );
-        self.json()["code"].as_str().expect("code").to_owned()
+        super::assert_problem(self.status, self.header("content-type"), &self.body, status)
     }
     pub fn echo(&self) -> Echo {
         assert_eq!(
