@@ -31,6 +31,11 @@ pub use status::NodeStatus;
 pub struct AdminState {
     pub store: Store,
     pub status: Arc<NodeStatus>,
+    /// Hashes new API keys; the same pepper as the gateways'.
+    pub pepper: tollgate_identity::apikey::Pepper,
+    /// Lifetime of OAuth access tokens: a rotated signing key stays
+    /// published this long (plus leeway) so its tokens keep verifying.
+    pub token_ttl: std::time::Duration,
 }
 
 /// The whole admin API.

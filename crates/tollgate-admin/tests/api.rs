@@ -63,6 +63,8 @@ impl Api {
         let app = tollgate_admin::router(AdminState {
             store,
             status: status.clone(),
+            pepper: tollgate_identity::apikey::Pepper::new(&[3u8; 32]).expect("pepper"),
+            token_ttl: std::time::Duration::from_secs(3600),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

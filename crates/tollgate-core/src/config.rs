@@ -18,8 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Duration;
 use crate::problem::FieldError;
 
+mod identity;
 mod validate;
 
+pub use identity::{AuthConfig, ClaimMapping, JwtAlgorithm, JwtIssuerSpec, KeySource};
 pub use validate::{PathPattern, Segment, parse_path_pattern};
 
 /// A whole declarative configuration: services with their routes, and the
@@ -36,6 +38,9 @@ pub struct Config {
     /// Policies attached globally, to every route.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicySpec>,
+    /// External JWT issuers the `auth` policy trusts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt_issuers: Vec<JwtIssuerSpec>,
 }
 
 fn default_format_version() -> u32 {
@@ -48,6 +53,7 @@ impl Default for Config {
             format_version: default_format_version(),
             services: Vec::new(),
             policies: Vec::new(),
+            jwt_issuers: Vec::new(),
         }
     }
 }
@@ -443,6 +449,8 @@ pub enum PolicySpec {
     IpRestriction(IpRestrictionConfig),
     /// Refuse request bodies over a size with 413.
     RequestSizeLimit(RequestSizeLimitConfig),
+    /// Require a credential (API key, JWT or OAuth token) and scopes.
+    Auth(AuthConfig),
     /// Change the headers sent upstream.
     RequestTransformer(HeaderTransform),
     /// Change the headers sent back to the client.
@@ -456,6 +464,7 @@ impl PolicySpec {
             PolicySpec::Cors(_) => "cors",
             PolicySpec::IpRestriction(_) => "ip_restriction",
             PolicySpec::RequestSizeLimit(_) => "request_size_limit",
+            PolicySpec::Auth(_) => "auth",
             PolicySpec::RequestTransformer(_) => "request_transformer",
             PolicySpec::ResponseTransformer(_) => "response_transformer",
         }
@@ -650,7 +659,7 @@ impl Config {
             }
             let (spec, routes, policies) = svc.clone().into_parts();
             validate::service(&spec, &at, &mut errs);
-            validate::policies(&policies, &format!("{at}.policies"), &mut errs);
+            validate::policies(&policies, Some(&self.jwt_issuers), &format!("{at}.policies"), &mut errs);
             for (j, route) in routes.iter().enumerate() {
                 let rat = format!("{at}.routes[{j}]");
                 if !route_names.insert(route.name.clone()) {
@@ -661,10 +670,27 @@ impl Config {
                 }
                 let (rspec, rpolicies) = route.clone().into_parts();
                 validate::route(&rspec, &rat, &mut errs);
-                validate::policies(&rpolicies, &format!("{rat}.policies"), &mut errs);
+                validate::policies(
+                    &rpolicies,
+                    Some(&self.jwt_issuers),
+                    &format!("{rat}.policies"),
+                    &mut errs,
+                );
             }
         }
-        validate::policies(&self.policies, "policies", &mut errs);
+        validate::policies(&self.policies, Some(&self.jwt_issuers), "policies", &mut errs);
+        let mut issuer_names = BTreeSet::new();
+        for (i, iss) in self.jwt_issuers.iter().enumerate() {
+            let at = format!("jwt_issuers[{i}]");
+            validate::check_name(&iss.name, &at, &mut errs);
+            if !issuer_names.insert(iss.name.as_str()) {
+                errs.push(
+                    format!("{at}.name"),
+                    format!("duplicate JWT issuer name `{}`", iss.name),
+                );
+            }
+            identity::issuer(iss, &at, &mut errs);
+        }
         errs.finish()
     }
 
@@ -693,7 +719,7 @@ impl RouteSpec {
 impl PolicySpec {
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errs = validate::Errors::default();
-        validate::policies(std::slice::from_ref(self), "", &mut errs);
+        validate::policies(std::slice::from_ref(self), None, "", &mut errs);
         errs.finish().map_err(|errors| {
             errors
                 .into_iter()

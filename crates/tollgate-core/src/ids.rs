@@ -101,6 +101,18 @@ macro_rules! typed_id {
         }
 
         impl utoipa::ToSchema for $name {}
+
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "type": "string",
+                    "pattern": concat!("^", $prefix, "[0-9a-z]{26}$"),
+                })
+            }
+        }
     };
 }
 
@@ -119,6 +131,30 @@ typed_id!(
 typed_id!(
     /// Identifies an admin token.
     AdminTokenId, "atk_", "admin token"
+);
+typed_id!(
+    /// Identifies an organization (a tenant).
+    OrgId, "org_", "organization"
+);
+typed_id!(
+    /// Identifies a user: a person who can be a member of organizations.
+    UserId, "usr_", "user"
+);
+typed_id!(
+    /// Identifies an app of an organization.
+    AppId, "app_", "app"
+);
+typed_id!(
+    /// Identifies an API key. The id is public; the key itself is a secret.
+    KeyId, "key_", "API key"
+);
+typed_id!(
+    /// Identifies an OAuth2 client of an app. Doubles as its `client_id`.
+    ClientId, "cli_", "OAuth client"
+);
+typed_id!(
+    /// Identifies a platform signing key; doubles as its JWK `kid`.
+    SigningKeyId, "sgk_", "signing key"
 );
 
 #[cfg(test)]

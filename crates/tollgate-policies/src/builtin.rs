@@ -7,13 +7,14 @@ use tollgate_core::config::{
 };
 use tollgate_core::problem::ErrorCode;
 
-use crate::{Flow, Policy, Reply, RequestCtx};
+use crate::{Flow, Policy, PolicyEnv, Reply, RequestCtx};
 
 /// A compiled built-in policy. The enum gives the chain static dispatch.
 #[derive(Debug)]
 pub enum Builtin {
     IpRestriction(IpRestriction),
     Cors(Cors),
+    Auth(crate::auth::Auth),
     RequestSizeLimit(RequestSizeLimit),
     RequestTransformer(HeaderTransformer),
     ResponseTransformer(HeaderTransformer),
@@ -22,8 +23,9 @@ pub enum Builtin {
 impl Builtin {
     /// Compiles a validated spec. Specs are validated when they enter the
     /// store, so values that would not compile are skipped rather than fatal.
-    pub fn compile(spec: &PolicySpec) -> Builtin {
+    pub fn compile(spec: &PolicySpec, env: &PolicyEnv) -> Builtin {
         match spec {
+            PolicySpec::Auth(c) => Builtin::Auth(crate::auth::Auth::new(c, env.authn.clone())),
             PolicySpec::Cors(c) => Builtin::Cors(Cors::new(c)),
             PolicySpec::IpRestriction(c) => Builtin::IpRestriction(IpRestriction::new(c)),
             PolicySpec::RequestSizeLimit(c) => Builtin::RequestSizeLimit(RequestSizeLimit::new(c)),
@@ -42,6 +44,7 @@ macro_rules! dispatch {
         match $self {
             Builtin::IpRestriction($p) => $e,
             Builtin::Cors($p) => $e,
+            Builtin::Auth($p) => $e,
             Builtin::RequestSizeLimit($p) => $e,
             Builtin::RequestTransformer($p) => $e,
             Builtin::ResponseTransformer($p) => $e,

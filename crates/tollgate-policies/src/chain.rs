@@ -3,14 +3,17 @@
 use http::{request, response};
 use tollgate_core::config::PolicySpec;
 
-use crate::{Builtin, Flow, LogSummary, Policy, RequestCtx};
+use crate::{Builtin, Flow, LogSummary, Policy, PolicyEnv, RequestCtx};
 
 /// The fixed execution order of built-in policies. Address rules run first so
 /// a denied client learns nothing else; CORS answers preflights before any
-/// later check; size limits run before anything reads the body.
+/// later check (browsers send preflights without credentials); `auth` runs
+/// before anything that depends on who is calling; size limits run before
+/// anything reads the body.
 pub const ORDER: &[&str] = &[
     "ip_restriction",
     "cors",
+    "auth",
     "request_size_limit",
     "request_transformer",
     "response_transformer",
@@ -47,11 +50,16 @@ pub struct Chain {
 }
 
 impl Chain {
-    pub fn compile(global: &[PolicySpec], service: &[PolicySpec], route: &[PolicySpec]) -> Chain {
+    pub fn compile(
+        global: &[PolicySpec],
+        service: &[PolicySpec],
+        route: &[PolicySpec],
+        env: &PolicyEnv,
+    ) -> Chain {
         Chain {
             policies: merge_specs(global, service, route)
                 .into_iter()
-                .map(Builtin::compile)
+                .map(|spec| Builtin::compile(spec, env))
                 .collect(),
         }
     }

@@ -27,6 +27,8 @@ pub struct RequestCtx {
     pub body_limit: Option<u64>,
     /// The CORS origin to echo on the response, set by the CORS policy.
     pub cors_origin: Option<HeaderValue>,
+    /// Who is calling, once the `auth` policy verified a credential.
+    pub caller: Option<Arc<tollgate_identity::authn::Caller>>,
     /// Free-form typed state for policies that need more.
     pub extensions: http::Extensions,
 }
@@ -48,6 +50,7 @@ impl RequestCtx {
             started: Instant::now(),
             body_limit: None,
             cors_origin: None,
+            caller: None,
             extensions: http::Extensions::new(),
         }
     }

@@ -19,13 +19,23 @@
 //! chain dispatches statically through the [`Builtin`] enum; the hot path does
 //! no allocation or dynamic dispatch for policies it does not run.
 
+mod auth;
 mod builtin;
 mod chain;
 mod context;
 
 pub use builtin::{Builtin, Cors, HeaderTransformer, IpRestriction, RequestSizeLimit};
 pub use chain::{Chain, ORDER, merge_specs};
+pub use auth::Auth;
 pub use context::{Flow, LogSummary, Reply, RequestCtx};
+
+/// Shared runtime state that policies need beyond their own configuration.
+/// One lives in the gateway and outlives every snapshot.
+#[derive(Debug, Clone)]
+pub struct PolicyEnv {
+    /// Credential checks for the `auth` policy.
+    pub authn: std::sync::Arc<tollgate_identity::authn::Authenticator>,
+}
 
 use http::request;
 use http::response;

@@ -61,6 +61,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     upgrade
 }
 
+/// Removes every `X-Tollgate-*` header a client sent: that namespace carries
+/// the gateway's identity headers, which upstreams must be able to trust.
+pub fn strip_reserved(headers: &mut HeaderMap) {
+    if !headers
+        .keys()
+        .any(tollgate_identity::authn::is_reserved_header)
+    {
+        return;
+    }
+    let reserved: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| tollgate_identity::authn::is_reserved_header(n))
+        .cloned()
+        .collect();
+    for name in reserved {
+        headers.remove(&name);
+    }
+}
+
 /// A request id as received is kept when it is short and plain; otherwise a new one is made.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {

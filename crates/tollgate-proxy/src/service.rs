@@ -10,6 +10,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
+use tollgate_identity::oauth::OAuthServer;
 use tollgate_policies::{LogSummary, Reply, RequestCtx};
 
 use crate::body::{ProxyBody, ReplayableBody, TripWire, Tripped};
@@ -67,6 +68,11 @@ async fn proxy(
             "the request target `{}` is not a normalised absolute path",
             short(path)
         )));
+    }
+    if let Some(oauth) = gw.oauth()
+        && OAuthServer::owns(path)
+    {
+        return oauth_endpoint(oauth, parts, body).await;
     }
     let snap = gw.snapshot();
     let host = request_host(&parts.uri, &parts.headers);
@@ -159,6 +165,7 @@ async fn proxy(
         if conn.tls { "https" } else { "http" },
         original_host.as_ref(),
     );
+    headers::strip_reserved(&mut parts.headers);
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());
     if let Some(tp) = parts.headers.get(&headers::TRACEPARENT)
         && !headers::valid_traceparent(tp)
@@ -267,6 +274,31 @@ fn short(s: &str) -> &str {
         Some((i, _)) => &s[..i],
         None => s,
     }
+}
+
+/// Hands a request to the OAuth2 server, with its body read up to the
+/// endpoint's limit.
+async fn oauth_endpoint(
+    oauth: &Arc<OAuthServer>,
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    use http_body_util::BodyExt;
+    let limit = tollgate_identity::oauth::MAX_FORM_BYTES as u64;
+    let bytes = match http_body_util::Limited::new(body, limit as usize).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ProxyError::PayloadTooLarge { limit });
+        }
+        Err(_) => {
+            return Err(ProxyError::BadRequest(
+                "the request body could not be read".into(),
+            ));
+        }
+    };
+    let res = oauth.handle(Request::from_parts(parts, bytes)).await;
+    let (parts, body) = res.into_parts();
+    Ok(Response::from_parts(parts, ProxyBody::full(body)))
 }
 
 fn finish_reply(rt: &RouteTarget, ctx: &mut RequestCtx, reply: Reply) -> Response<ProxyBody> {

@@ -11,7 +11,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tollgate_core::config::{CircuitBreaker, Config, PassiveHealthCheck, RetryBudget};
-use tollgate_policies::Chain;
+use tollgate_identity::apikey::Pepper;
+use tollgate_identity::authn::Authenticator;
+use tollgate_identity::oauth::OAuthServer;
+use tollgate_policies::{Chain, PolicyEnv};
 
 use crate::body::UpstreamBody;
 use crate::router::Router;
@@ -99,11 +102,21 @@ pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     registry: Registry,
     health: Mutex<Option<CancellationToken>>,
+    env: PolicyEnv,
+    oauth: std::sync::OnceLock<Arc<OAuthServer>>,
     pub settings: ProxySettings,
 }
 
 impl Gateway {
+    /// A gateway with its own authenticator under a random pepper: fine for
+    /// tests and for configurations without API keys.
     pub fn new(settings: ProxySettings) -> Arc<Gateway> {
+        let pepper = Pepper::random().expect("the system's random generator works");
+        Gateway::with_authenticator(settings, Authenticator::new(pepper))
+    }
+
+    /// A gateway whose `auth` policies use `authn`.
+    pub fn with_authenticator(settings: ProxySettings, authn: Arc<Authenticator>) -> Arc<Gateway> {
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 revision: -1,
@@ -112,6 +125,8 @@ impl Gateway {
             }),
             registry: Registry::default(),
             health: Mutex::new(None),
+            env: PolicyEnv { authn },
+            oauth: std::sync::OnceLock::new(),
             settings,
         })
     }
@@ -121,6 +136,21 @@ impl Gateway {
         self.snapshot.load_full()
     }
 
+    /// The authenticator behind every `auth` policy.
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.env.authn
+    }
+
+    /// Serves the OAuth2 authorization server's endpoints (`/oauth2/...` and
+    /// its metadata) on the proxy listener, ahead of routing. Set once.
+    pub fn set_oauth(&self, server: Arc<OAuthServer>) {
+        let _ = self.oauth.set(server);
+    }
+
+    pub fn oauth(&self) -> Option<&Arc<OAuthServer>> {
+        self.oauth.get()
+    }
+
     pub fn revision(&self) -> i64 {
         self.snapshot.load().revision
     }
@@ -128,6 +158,7 @@ impl Gateway {
     /// Compiles `config` and makes it current. Must run inside a Tokio
     /// runtime: active health checkers are restarted for the new snapshot.
     pub fn install(&self, config: &Config, revision: i64) {
+        self.env.authn.issuers().install(&config.jwt_issuers);
         let snapshot = self.compile(config, revision);
         let token = CancellationToken::new();
         for svc in &snapshot.services {
@@ -198,7 +229,7 @@ impl Gateway {
             }));
             for route in svc_routes {
                 let (rspec, rpolicies) = route.into_parts();
-                let chain = Chain::compile(&config.policies, &svc_policies, &rpolicies);
+                let chain = Chain::compile(&config.policies, &svc_policies, &rpolicies, &self.env);
                 let target = RouteTarget {
                     service: idx,
                     chain,

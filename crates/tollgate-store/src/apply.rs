@@ -5,16 +5,19 @@
 //! and runs them in an order that never breaks a constraint: creations and
 //! updates (services, then routes, then policies) before deletions (policies,
 //! then routes, then services), so a route moving off a service that is
-//! being deleted is moved before the cascade could take it.
+//! being deleted is moved before the cascade could take it. JWT issuers are
+//! matched by name too; nothing references them in the database.
 
 use std::collections::HashMap;
 use std::fmt;
 
-use tollgate_core::config::{Config, PolicySpec, Route, RouteSpec, Service, ServiceSpec};
+use tollgate_core::config::{
+    Config, JwtIssuerSpec, PolicySpec, Route, RouteSpec, Service, ServiceSpec,
+};
 use tollgate_core::ids::{PolicyId, RouteId, ServiceId};
 
 use crate::db::{Conn, Pool};
-use crate::sql::{self, PolicyRow, RouteRow, ServiceRow, now_millis};
+use crate::sql::{self, IssuerRow, PolicyRow, RouteRow, ServiceRow, now_millis};
 use crate::{Change, ChangeSet, Kind, Op, PolicyScope, StoreError};
 
 /// Reads everything in one snapshot and assembles the declarative config.
@@ -24,8 +27,9 @@ pub(crate) async fn export(pool: &Pool) -> Result<(i64, Config), StoreError> {
     let services = sql::all_services(&mut conn).await?;
     let routes = sql::all_routes(&mut conn).await?;
     let policies = sql::all_policies(&mut conn).await?;
+    let issuers = sql::all_jwt_issuers(&mut conn).await?;
     conn.commit().await?;
-    Ok((revision, assemble(services, routes, policies)?))
+    Ok((revision, assemble(services, routes, policies, issuers)?))
 }
 
 /// Nests routes under services and policies under their scopes, everything
@@ -34,6 +38,7 @@ fn assemble(
     services: Vec<ServiceRow>,
     routes: Vec<RouteRow>,
     policies: Vec<PolicyRow>,
+    issuers: Vec<IssuerRow>,
 ) -> Result<Config, StoreError> {
     let mut global = Vec::new();
     let mut by_service: HashMap<ServiceId, Vec<PolicySpec>> = HashMap::new();
@@ -71,10 +76,17 @@ fn assemble(
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
 
+    let mut jwt_issuers = issuers
+        .iter()
+        .map(IssuerRow::spec)
+        .collect::<Result<Vec<_>, _>>()?;
+    jwt_issuers.sort_by(|a, b| a.name.cmp(&b.name));
+
     Ok(Config {
         format_version: 1,
         services: out,
         policies: sorted_policies(global),
+        jwt_issuers,
     })
 }
 
@@ -146,6 +158,8 @@ struct Current {
     services: HashMap<String, (ServiceId, Option<ServiceSpec>)>,
     routes: HashMap<String, (RouteId, ServiceId, Option<RouteSpec>)>,
     policies: HashMap<(ScopeName, String), (PolicyId, Option<PolicySpec>)>,
+    /// JWT issuers by name: (id, spec).
+    issuers: HashMap<String, (String, Option<JwtIssuerSpec>)>,
 }
 
 fn corrupt_id(what: &str, raw: &str) -> StoreError {
@@ -157,6 +171,7 @@ impl Current {
         let service_rows = sql::all_services(conn).await?;
         let route_rows = sql::all_routes(conn).await?;
         let policy_rows = sql::all_policies(conn).await?;
+        let issuer_rows = sql::all_jwt_issuers(conn).await?;
 
         let mut service_names = HashMap::new();
         let mut services = HashMap::new();
@@ -194,10 +209,18 @@ impl Current {
                 (id, serde_json::from_str(&row.config).ok()),
             );
         }
+        let issuers = issuer_rows
+            .into_iter()
+            .map(|row| {
+                let spec = row.spec().ok();
+                (row.name, (row.id, spec))
+            })
+            .collect();
         Ok(Current {
             services,
             routes,
             policies,
+            issuers,
         })
     }
 }
@@ -213,6 +236,9 @@ enum Step {
     DeletePolicy(PolicyId),
     DeleteRoute(RouteId),
     DeleteService(ServiceId),
+    CreateIssuer(String, JwtIssuerSpec),
+    UpdateIssuer(String, JwtIssuerSpec),
+    DeleteIssuer(String),
 }
 
 impl Step {
@@ -243,6 +269,12 @@ impl Step {
             Step::DeletePolicy(id) => sql::delete_policy(conn, id).await.map(drop),
             Step::DeleteRoute(id) => sql::delete_route(conn, id).await.map(drop),
             Step::DeleteService(id) => sql::delete_service(conn, id).await.map(drop),
+            Step::CreateIssuer(id, spec) => sql::insert_jwt_issuer(conn, id, spec, now).await,
+            Step::UpdateIssuer(id, spec) => sql::update_jwt_issuer(conn, id, spec, now)
+                .await?
+                .then_some(())
+                .ok_or_else(|| StoreError::not_found("jwt_issuer", &spec.name)),
+            Step::DeleteIssuer(id) => sql::delete_jwt_issuer(conn, id).await.map(drop),
         }
     }
 }
@@ -344,9 +376,28 @@ fn plan(mut current: Current, config: &Config) -> Plan {
         }
     }
 
+    for spec in &config.jwt_issuers {
+        match current.issuers.remove(&spec.name) {
+            Some((id, old)) => {
+                if old.as_ref() != Some(spec) {
+                    change(Kind::JwtIssuer, spec.name.clone(), Op::Update);
+                    policy_upserts.push(Step::UpdateIssuer(id, spec.clone()));
+                }
+            }
+            None => {
+                change(Kind::JwtIssuer, spec.name.clone(), Op::Create);
+                policy_upserts.push(Step::CreateIssuer(sql::new_jwt_issuer_id(), spec.clone()));
+            }
+        }
+    }
+
     // Whatever is left is not in the desired config.
     let mut steps = upserts;
     steps.extend(policy_upserts);
+    for (name, (id, _)) in current.issuers {
+        change(Kind::JwtIssuer, name, Op::Delete);
+        steps.push(Step::DeleteIssuer(id));
+    }
     for ((scope_name, name), (id, _)) in current.policies {
         change(Kind::Policy, format!("{scope_name}/{name}"), Op::Delete);
         steps.push(Step::DeletePolicy(id));
@@ -380,6 +431,7 @@ mod tests {
             services: HashMap::new(),
             routes: HashMap::new(),
             policies: HashMap::new(),
+            issuers: HashMap::new(),
         }
     }
 

@@ -1,5 +1,6 @@
-//! Tollgate's configuration store: services, routes, policies and admin
-//! tokens, kept in SQLite (the embedded default, one file in the data
+//! Tollgate's configuration store: services, routes, policies, JWT issuers,
+//! admin tokens and identity (organizations, users, apps, API keys, OAuth
+//! clients; see [`Tenant`] and [`Store::identity_snapshot`]), kept in SQLite (the embedded default, one file in the data
 //! directory) or PostgreSQL (for a cluster). One [`Store`] type serves both
 //! backends with the same portable SQL; see
 //! `docs/decisions/0002-one-sql-store-over-two-backends.md`. Every write runs
@@ -20,12 +21,18 @@ use tollgate_core::config::Config;
 mod apply;
 mod db;
 mod error;
+mod identity;
 mod records;
 mod resources;
 mod sql;
 pub mod testing;
 
 pub use error::StoreError;
+pub use identity::{
+    ApiKey, App, AppUpdate, ChangeEntity, ClientGrant, IdentityChange, IdentitySnapshot, KeyGrant,
+    KeyUpdate, MAX_CHANGES_PER_READ, Member, NewApiKey, OAuthClient, Organization, SigningKey,
+    SigningKeyMaterial, Tenant, User,
+};
 pub use records::{
     Backend, Change, ChangeSet, Kind, Listed, Op, Page, PolicyRecord, PolicyScope, RouteRecord,
     ServiceRecord,

@@ -236,7 +236,8 @@ impl<T> Listed<T> {
 /// What [`crate::Store::apply`] changed, or [`crate::Store::diff`] would change.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChangeSet {
-    /// Changes ordered by kind (services, routes, policies), then name.
+    /// Changes ordered by kind (services, routes, policies, JWT issuers),
+    /// then name.
     pub changes: Vec<Change>,
 }
 
@@ -307,6 +308,8 @@ pub enum Kind {
     Service,
     Route,
     Policy,
+    /// A trusted external JWT issuer (`jwt_issuers`); the name is its name.
+    JwtIssuer,
 }
 
 impl fmt::Display for Kind {
@@ -315,6 +318,7 @@ impl fmt::Display for Kind {
             Kind::Service => "service",
             Kind::Route => "route",
             Kind::Policy => "policy",
+            Kind::JwtIssuer => "jwt_issuer",
         })
     }
 }

@@ -1,10 +1,11 @@
-//! Single-resource operations: services, routes, policies and admin tokens.
+//! Single-resource operations: services, routes, policies, JWT issuers and
+//! admin tokens.
 //!
 //! Each write validates its input, runs in one transaction that bumps the
 //! configuration revision first, and maps uniqueness violations to
 //! [`StoreError::Conflict`].
 
-use tollgate_core::config::{PolicySpec, RouteSpec, ServiceSpec};
+use tollgate_core::config::{Config, JwtIssuerSpec, PolicySpec, RouteSpec, ServiceSpec};
 use tollgate_core::ids::{AdminTokenId, PolicyId, RouteId, ServiceId};
 
 use crate::db::Conn;
@@ -285,6 +286,61 @@ impl Store {
         conn.commit().await
     }
 
+    // -- JWT issuers -------------------------------------------------------
+
+    /// Every trusted JWT issuer, ordered by name.
+    pub async fn list_jwt_issuers(&self) -> Result<Vec<JwtIssuerSpec>, StoreError> {
+        let mut conn = self.pool.conn().await?;
+        sql::all_jwt_issuers(&mut conn)
+            .await?
+            .iter()
+            .map(sql::IssuerRow::spec)
+            .collect()
+    }
+
+    /// Creates or replaces the issuer named `spec.name`; true when it was
+    /// created. Bumps the revision either way.
+    pub async fn put_jwt_issuer(&self, spec: JwtIssuerSpec) -> Result<bool, StoreError> {
+        validate_issuer(&spec)?;
+        let now = now_millis();
+        let mut conn = self.write().await?;
+        let created = match sql::jwt_issuer_by_name(&mut conn, &spec.name).await? {
+            Some(row) => {
+                sql::update_jwt_issuer(&mut conn, &row.id, &spec, now).await?;
+                false
+            }
+            None => {
+                sql::insert_jwt_issuer(&mut conn, &sql::new_jwt_issuer_id(), &spec, now).await?;
+                true
+            }
+        };
+        conn.commit().await?;
+        Ok(created)
+    }
+
+    /// Deletes the issuer with this name. `NotFound` when there is none;
+    /// `Conflict` while an `auth` policy still names it in `issuers`.
+    pub async fn delete_jwt_issuer(&self, name: &str) -> Result<(), StoreError> {
+        let mut conn = self.write().await?;
+        let row = sql::jwt_issuer_by_name(&mut conn, name)
+            .await?
+            .ok_or_else(|| StoreError::not_found("jwt_issuer", name))?;
+        for policy in sql::all_policies(&mut conn).await? {
+            let record = policy.into_record()?;
+            if let PolicySpec::Auth(auth) = &record.spec
+                && auth.issuers.iter().any(|i| i == name)
+            {
+                return Err(StoreError::Conflict(format!(
+                    "the JWT issuer `{name}` is named by the `auth` policy attached to {}; \
+                     remove it from that policy first",
+                    record.scope
+                )));
+            }
+        }
+        sql::delete_jwt_issuer(&mut conn, &row.id).await?;
+        conn.commit().await
+    }
+
     // -- Admin tokens ------------------------------------------------------
     //
     // Admin tokens are not part of the declarative configuration, so these
@@ -313,6 +369,28 @@ impl Store {
         let mut conn = self.pool.conn().await?;
         sql::admin_token_exists(&mut conn, token_hash).await
     }
+}
+
+/// Validates one issuer as the configuration file would, with paths relative
+/// to the issuer (`issuer`, `audiences`...).
+fn validate_issuer(spec: &JwtIssuerSpec) -> Result<(), StoreError> {
+    let config = Config {
+        format_version: 1,
+        jwt_issuers: vec![spec.clone()],
+        ..Config::default()
+    };
+    config.validate().map_err(|errors| {
+        StoreError::Invalid(
+            errors
+                .into_iter()
+                .map(|mut e| {
+                    let rest = e.path.strip_prefix("jwt_issuers[0]").unwrap_or(&e.path);
+                    e.path = rest.strip_prefix('.').unwrap_or(rest).to_owned();
+                    e
+                })
+                .collect(),
+        )
+    })
 }
 
 /// A timestamp as a record reports it: stored with millisecond precision.

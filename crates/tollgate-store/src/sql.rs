@@ -5,7 +5,7 @@
 //! PostgreSQL alike; a placeholder may appear twice.
 
 use chrono::{DateTime, Utc};
-use tollgate_core::config::{PolicySpec, RouteSpec, ServiceSpec};
+use tollgate_core::config::{JwtIssuerSpec, PolicySpec, RouteSpec, ServiceSpec};
 use tollgate_core::ids::{AdminTokenId, PolicyId, RouteId, ServiceId};
 
 use crate::db::{Conn, on_conn};
@@ -16,12 +16,12 @@ pub(crate) fn now_millis() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-fn timestamp(ms: i64, what: &str) -> Result<DateTime<Utc>, StoreError> {
+pub(crate) fn timestamp(ms: i64, what: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_millis(ms)
         .ok_or_else(|| StoreError::Corrupt(format!("{what}: timestamp {ms} is out of range")))
 }
 
-fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, StoreError>
+pub(crate) fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
 {
@@ -29,7 +29,7 @@ where
         .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(StoreError::encode)
 }
 
@@ -515,4 +515,101 @@ pub(crate) async fn admin_token_exists(
         .fetch_one(&mut *c)
         .await)?;
     Ok(n > 0)
+}
+
+// ---------------------------------------------------------------------------
+// JWT issuers
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct IssuerRow {
+    pub id: String,
+    pub name: String,
+    pub spec: String,
+}
+
+impl IssuerRow {
+    pub(crate) fn spec(&self) -> Result<JwtIssuerSpec, StoreError> {
+        serde_json::from_str(&self.spec)
+            .map_err(|e| StoreError::Corrupt(format!("JWT issuer {}: spec: {e}", self.id)))
+    }
+}
+
+/// Every JWT issuer, ordered by name.
+pub(crate) async fn all_jwt_issuers(conn: &mut Conn) -> Result<Vec<IssuerRow>, StoreError> {
+    const SQL: &str = "SELECT id, name, spec FROM jwt_issuers ORDER BY name";
+    Ok(on_conn!(conn, |c| sqlx::query_as(SQL)
+        .fetch_all(&mut *c)
+        .await)?)
+}
+
+pub(crate) async fn jwt_issuer_by_name(
+    conn: &mut Conn,
+    name: &str,
+) -> Result<Option<IssuerRow>, StoreError> {
+    const SQL: &str = "SELECT id, name, spec FROM jwt_issuers WHERE name = $1";
+    Ok(on_conn!(conn, |c| sqlx::query_as(SQL)
+        .bind(name)
+        .fetch_optional(&mut *c)
+        .await)?)
+}
+
+/// A fresh JWT issuer id: `jwi_` and a lower-case ULID (no typed id exists;
+/// issuers are addressed by name).
+pub(crate) fn new_jwt_issuer_id() -> String {
+    format!("jwi_{}", ulid::Ulid::new().to_string().to_ascii_lowercase())
+}
+
+pub(crate) async fn insert_jwt_issuer(
+    conn: &mut Conn,
+    id: &str,
+    spec: &JwtIssuerSpec,
+    now: i64,
+) -> Result<(), StoreError> {
+    const SQL: &str = "INSERT INTO jwt_issuers (id, name, spec, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $4)";
+    let json = to_json(spec)?;
+    on_conn!(conn, |c| sqlx::query(SQL)
+        .bind(id)
+        .bind(spec.name.as_str())
+        .bind(json.as_str())
+        .bind(now)
+        .execute(&mut *c)
+        .await
+        .map(drop))
+    .map_err(|e| {
+        StoreError::unique(e, || {
+            format!("a JWT issuer named `{}` already exists", spec.name)
+        })
+    })?;
+    Ok(())
+}
+
+/// Replaces an issuer's settings (its name stays); false when it does not exist.
+pub(crate) async fn update_jwt_issuer(
+    conn: &mut Conn,
+    id: &str,
+    spec: &JwtIssuerSpec,
+    now: i64,
+) -> Result<bool, StoreError> {
+    const SQL: &str = "UPDATE jwt_issuers SET spec = $2, updated_at = $3 WHERE id = $1";
+    let json = to_json(spec)?;
+    let done = on_conn!(conn, |c| sqlx::query(SQL)
+        .bind(id)
+        .bind(json.as_str())
+        .bind(now)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(done > 0)
+}
+
+/// Deletes an issuer by id; false when it did not exist.
+pub(crate) async fn delete_jwt_issuer(conn: &mut Conn, id: &str) -> Result<bool, StoreError> {
+    const SQL: &str = "DELETE FROM jwt_issuers WHERE id = $1";
+    let done = on_conn!(conn, |c| sqlx::query(SQL)
+        .bind(id)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(done > 0)
 }

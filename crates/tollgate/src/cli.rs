@@ -76,6 +76,11 @@ pub struct StoreArgs {
     /// A `postgres://` URL switches the store to PostgreSQL.
     #[arg(long, env = "TOLLGATE_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Secret mixed into every API key hash (at least 32 bytes). Without it,
+    /// one is generated in the data directory (`key-pepper`). Every node of a
+    /// cluster needs the same value.
+    #[arg(long, env = "TOLLGATE_KEY_PEPPER", hide_env_values = true)]
+    pub key_pepper: Option<String>,
 }
 
 /// A node role.
@@ -147,6 +152,19 @@ pub struct ServeArgs {
     /// Milliseconds between checks of the store for configuration changes.
     #[arg(long, env = "TOLLGATE_POLL_INTERVAL_MS", default_value_t = 250)]
     pub poll_interval_ms: u64,
+    /// Issuer URL of the OAuth2 server (its base URL as clients reach it);
+    /// default `http://localhost:<proxy port>`.
+    #[arg(long, env = "TOLLGATE_OAUTH_ISSUER")]
+    pub oauth_issuer: Option<String>,
+    /// `aud` of issued access tokens; default the issuer URL.
+    #[arg(long, env = "TOLLGATE_OAUTH_AUDIENCE")]
+    pub oauth_audience: Option<String>,
+    /// Lifetime of issued access tokens, in seconds.
+    #[arg(long, env = "TOLLGATE_OAUTH_TOKEN_TTL_SECS", default_value_t = 3600)]
+    pub oauth_token_ttl_secs: u64,
+    /// Milliseconds between batched writes of API keys' last-used times.
+    #[arg(long, env = "TOLLGATE_LAST_USED_FLUSH_MS", default_value_t = 10_000)]
+    pub last_used_flush_ms: u64,
     /// Log format.
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -5,6 +5,7 @@
 
 pub mod cli;
 mod commands;
+pub mod identity;
 mod watch;
 
 use std::net::SocketAddr;
@@ -16,6 +17,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tollgate_admin::{AdminState, NodeStatus};
 use tollgate_core::config::Config;
+use tollgate_identity::authn::Authenticator;
+use tollgate_identity::oauth::{OAuthServer, OAuthSettings};
 use tollgate_proxy::settings::TlsFiles;
 use tollgate_proxy::{Gateway, Listener, ProxySettings};
 use tollgate_store::Store;
@@ -197,8 +200,14 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         tracing::info!(file = %file.display(), changes = changes.changes.len(), "configuration file applied");
     }
     let new_admin_token = bootstrap_admin_token(&store, args.admin_token.as_deref()).await?;
+    let pepper = identity::pepper(&args.store, &store).await?;
+    identity::ensure_signing_key(&store)
+        .await
+        .context("cannot prepare the OAuth signing key")?;
+    let authn = Authenticator::new(pepper.clone());
+    let token_ttl = Duration::from_secs(args.oauth_token_ttl_secs.max(1));
 
-    let gateway = Gateway::new(proxy_settings(&args));
+    let gateway = Gateway::with_authenticator(proxy_settings(&args), authn.clone());
     let status = Arc::new(NodeStatus::default());
     let (revision, config) = store
         .export()
@@ -224,6 +233,20 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         let listener = Listener::bind(&gateway.settings).await?;
         let addr = listener.local_addr()?;
         proxy_addr = Some(addr);
+        let issuer = args
+            .oauth_issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://localhost:{}", addr.port()));
+        let audience = args.oauth_audience.clone().unwrap_or_else(|| issuer.clone());
+        gateway.set_oauth(OAuthServer::new(
+            OAuthSettings {
+                issuer,
+                audience,
+                token_ttl,
+            },
+            authn.clone(),
+            Arc::new(identity::StoreRevoker(store.clone())),
+        ));
         tasks.push(tokio::spawn(tollgate_proxy::serve(
             listener,
             gateway.clone(),
@@ -233,6 +256,29 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             tasks.push(spawn_proxy_worker(worker, addr, gateway.clone(), shutdown.clone()).await?);
         }
     }
+    // Credentials are in memory before the first request is served.
+    let sync = identity::IdentitySync {
+        store: store.clone(),
+        authn: authn.clone(),
+        oauth: gateway.oauth().cloned(),
+        token_ttl,
+    };
+    let seq = sync
+        .load()
+        .await
+        .context("cannot load API keys and OAuth clients")?;
+    tasks.push(tokio::spawn(sync.run(
+        seq,
+        Duration::from_millis(args.poll_interval_ms.max(10)),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(identity::flush_last_used(
+        store.clone(),
+        authn.clone(),
+        Duration::from_millis(args.last_used_flush_ms.max(10)),
+        shutdown.clone(),
+    )));
+
     let mut admin_addr = None;
     if args.roles.contains(&Role::Admin) {
         let listener = tokio::net::TcpListener::bind(args.admin_listen)
@@ -242,6 +288,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         let app = tollgate_admin::router(AdminState {
             store: store.clone(),
             status: status.clone(),
+            pepper: pepper.clone(),
+            token_ttl,
         });
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {

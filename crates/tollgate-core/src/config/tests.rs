@@ -165,3 +165,81 @@ fn example_configs_are_valid() {
     }
     assert!(n > 0, "no example configs found");
 }
+
+const ISSUERS: &str = r#"
+jwt_issuers:
+  - name: idp
+    issuer: https://idp.example.com/
+    audiences: [https://api.example.com]
+    algorithm: RS256
+  - name: partner
+    issuer: partner
+    audiences: [api]
+    algorithm: HS256
+    secret_env: PARTNER_JWT_SECRET
+    organization: org_01jd5m3x9q7k2v8r4t6y0w1zab
+services:
+  - name: orders
+    url: http://127.0.0.1:9000
+    routes:
+      - name: orders
+        paths: [/orders]
+        policies:
+          - name: auth
+            config: {scopes: ["orders:read"], issuers: [idp], environment: live}
+"#;
+
+#[test]
+fn auth_policies_and_jwt_issuers_read_with_their_defaults() {
+    let cfg = Config::from_yaml(ISSUERS, "auth.yaml").expect("valid");
+    assert_eq!(cfg.jwt_issuers.len(), 2);
+    let idp = &cfg.jwt_issuers[0];
+    assert_eq!(idp.algorithm, JwtAlgorithm::RS256);
+    assert_eq!(idp.leeway, Duration::from_secs(30));
+    assert_eq!(idp.claims.scopes, "scope");
+    let PolicySpec::Auth(auth) = &cfg.services[0].routes[0].policies[0] else {
+        panic!("auth policy");
+    };
+    assert_eq!(auth.accept.len(), 3);
+    assert_eq!(auth.key_sources, vec![KeySource::Bearer, KeySource::XApiKey]);
+    assert!(auth.hide_credentials);
+    let again = Config::from_yaml(&cfg.to_yaml(), "again.yaml").expect("round trip");
+    assert_eq!(again, cfg);
+}
+
+#[test]
+fn issuer_and_auth_mistakes_are_reported_with_paths() {
+    let text = r#"
+jwt_issuers:
+  - name: a
+    issuer: https://a.example.com
+    audiences: []
+    algorithm: HS256
+  - name: a
+    issuer: b
+    audiences: [x]
+    algorithm: RS256
+    secret_env: NOPE
+    jwks_url: "not a url"
+policies:
+  - name: auth
+    config: {accept: [], scopes: ["two words"], issuers: [missing]}
+"#;
+    let err = Config::from_yaml(text, "bad.yaml").unwrap_err();
+    let errs = err.field_errors();
+    let has = |path: &str, reason: &str| {
+        errs.iter()
+            .any(|e| e.path == path && e.reason.contains(reason))
+    };
+    assert!(has("jwt_issuers[0].audiences", "at least one"), "{errs:?}");
+    assert!(has("jwt_issuers[0].secret_env", "HS256"), "{errs:?}");
+    assert!(has("jwt_issuers[1].name", "duplicate"), "{errs:?}");
+    assert!(has("jwt_issuers[1].secret_env", "only HS256"), "{errs:?}");
+    assert!(has("jwt_issuers[1].jwks_url", "not an absolute"), "{errs:?}");
+    assert!(has("policies[0].config.accept", "at least one"), "{errs:?}");
+    assert!(has("policies[0].config.scopes[0]", "without spaces"), "{errs:?}");
+    assert!(has("policies[0].config.issuers[0]", "no JWT issuer"), "{errs:?}");
+    // `alg: none` is not an algorithm one can configure.
+    let none = "jwt_issuers: [{name: n, issuer: n, audiences: [a], algorithm: none}]";
+    assert!(Config::from_yaml(none, "none.yaml").is_err());
+}

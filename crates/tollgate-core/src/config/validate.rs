@@ -119,7 +119,7 @@ pub fn parse_path_pattern(raw: &str) -> Result<PathPattern, String> {
     Ok(PathPattern::Template(segs))
 }
 
-fn check_name(name: &str, at: &str, errs: &mut Errors) {
+pub(super) fn check_name(name: &str, at: &str, errs: &mut Errors) {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name
@@ -375,7 +375,12 @@ fn check_headers<'a>(names: impl Iterator<Item = &'a String>, at: &str, errs: &m
     }
 }
 
-pub(super) fn policies(list: &[PolicySpec], at: &str, errs: &mut Errors) {
+pub(super) fn policies(
+    list: &[PolicySpec],
+    issuers: Option<&[super::JwtIssuerSpec]>,
+    at: &str,
+    errs: &mut Errors,
+) {
     let mut seen = std::collections::HashSet::new();
     for (i, p) in list.iter().enumerate() {
         let pat = format!("{at}[{i}]");
@@ -422,6 +427,7 @@ pub(super) fn policies(list: &[PolicySpec], at: &str, errs: &mut Errors) {
                 }
             }
             PolicySpec::RequestSizeLimit(_) => {}
+            PolicySpec::Auth(c) => super::identity::auth(c, issuers, &format!("{pat}.config"), errs),
             PolicySpec::RequestTransformer(t) | PolicySpec::ResponseTransformer(t) => {
                 check_headers(t.remove.iter(), &format!("{pat}.config.remove"), errs);
                 for (kind, map) in [("set", &t.set), ("add", &t.add), ("append", &t.append)] {

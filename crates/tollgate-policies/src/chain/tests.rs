@@ -72,7 +72,7 @@ fn narrower_level_wins_and_order_is_fixed() {
 
 #[test]
 fn ip_restriction_deny_beats_allow_and_mapped_v4_matches() {
-    let chain = Chain::compile(&[ip_rule(&["10.0.0.0/8"], &["10.1.0.0/16"])], &[], &[]);
+    let chain = Chain::compile(&[ip_rule(&["10.0.0.0/8"], &["10.1.0.0/16"])], &[], &[], &env());
     for (ip, ok) in [
         ("10.2.3.4", true),
         ("10.1.2.3", false),
@@ -105,6 +105,7 @@ fn cors(origins: &[&str], credentials: bool) -> Chain {
             max_age: Some(tollgate_core::Duration::from_secs(600)),
             preflight_continue: false,
         })],
+        &env(),
     )
 }
 
@@ -204,6 +205,7 @@ fn size_limit_refuses_declared_length_and_sets_streaming_limit() {
             max_bytes: 10,
         })],
         &[],
+        &env(),
     );
     let mut c = ctx("127.0.0.1");
     let r = block_on(chain.access(
@@ -238,6 +240,7 @@ fn transformers_apply_in_documented_order() {
         &[PolicySpec::RequestTransformer(t.clone())],
         &[PolicySpec::ResponseTransformer(t)],
         &[],
+        &env(),
     );
     let mut c = ctx("127.0.0.1");
     let mut req = parts(
@@ -265,4 +268,12 @@ fn transformers_apply_in_documented_order() {
     chain.response(&mut c, &mut res);
     assert!(!res.headers.contains_key("x-drop"));
     assert_eq!(res.headers["x-set"], "1");
+}
+
+fn env() -> crate::PolicyEnv {
+    crate::PolicyEnv {
+        authn: tollgate_identity::authn::Authenticator::new(
+            tollgate_identity::apikey::Pepper::new(&[9u8; 32]).expect("pepper"),
+        ),
+    }
 }

@@ -35,6 +35,9 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// An admin token the tests hand to nodes they start.
 pub const TOKEN: &str = "e2e-admin-token-0123456789abcdef";
 
+/// The key pepper in-process nodes share, as a cluster's nodes must.
+pub const PEPPER: &str = "e2e-key-pepper-0123456789abcdef-0123456789";
+
 /// How long an upstream holds requests to `/slow...`.
 pub const SLOW: Duration = Duration::from_millis(1500);
 
@@ -465,6 +468,8 @@ pub async fn node(args: &[&str]) -> Running {
         TOKEN,
         "--shutdown-grace-secs",
         "2",
+        "--key-pepper",
+        PEPPER,
     ];
     argv.extend_from_slice(args);
     let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("bad arguments {argv:?}: {e}"));
