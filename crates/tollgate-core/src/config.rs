@@ -659,7 +659,12 @@ impl Config {
             }
             let (spec, routes, policies) = svc.clone().into_parts();
             validate::service(&spec, &at, &mut errs);
-            validate::policies(&policies, Some(&self.jwt_issuers), &format!("{at}.policies"), &mut errs);
+            validate::policies(
+                &policies,
+                Some(&self.jwt_issuers),
+                &format!("{at}.policies"),
+                &mut errs,
+            );
             for (j, route) in routes.iter().enumerate() {
                 let rat = format!("{at}.routes[{j}]");
                 if !route_names.insert(route.name.clone()) {
@@ -678,7 +683,12 @@ impl Config {
                 );
             }
         }
-        validate::policies(&self.policies, Some(&self.jwt_issuers), "policies", &mut errs);
+        validate::policies(
+            &self.policies,
+            Some(&self.jwt_issuers),
+            "policies",
+            &mut errs,
+        );
         let mut issuer_names = BTreeSet::new();
         for (i, iss) in self.jwt_issuers.iter().enumerate() {
             let at = format!("jwt_issuers[{i}]");

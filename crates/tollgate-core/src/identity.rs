@@ -100,23 +100,16 @@ impl std::str::FromStr for KeyEnvironment {
         match s {
             "live" => Ok(KeyEnvironment::Live),
             "test" => Ok(KeyEnvironment::Test),
-            other => Err(format!("unknown environment `{other}`; expected live or test")),
+            other => Err(format!(
+                "unknown environment `{other}`; expected live or test"
+            )),
         }
     }
 }
 
 /// A kind of credential a route can accept.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    JsonSchema,
-    utoipa::ToSchema,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialType {

@@ -239,7 +239,10 @@ mod tests {
         assert_eq!(entry.scopes, ["orders:read"]);
         ring.verify(&key, 2_000).expect("valid");
         assert_eq!(ring.take_last_used(), vec![(id.clone(), 2_000)]);
-        assert!(ring.take_last_used().is_empty(), "nothing new since the flush");
+        assert!(
+            ring.take_last_used().is_empty(),
+            "nothing new since the flush"
+        );
         ring.verify(&key, 3_000).expect("valid");
         assert_eq!(ring.take_last_used(), vec![(id, 3_000)]);
     }

@@ -122,10 +122,7 @@ impl Auth {
                 if let Some(env) = self.cfg.environment
                     && env != entry.environment
                 {
-                    return Err(format!(
-                        "this route accepts only {} keys",
-                        env.as_str()
-                    ));
+                    return Err(format!("this route accepts only {} keys", env.as_str()));
                 }
                 Ok(Caller {
                     credential: CredentialType::ApiKey,
@@ -165,7 +162,8 @@ impl Auth {
                     CredentialType::Jwt
                 };
                 let (org, app) = if v.platform {
-                    let claim = |n: &str| v.claims.get(n).and_then(|c| c.as_str()).map(str::to_owned);
+                    let claim =
+                        |n: &str| v.claims.get(n).and_then(|c| c.as_str()).map(str::to_owned);
                     (claim("org_id"), claim("app_id"))
                 } else {
                     (v.organization, v.app)
@@ -218,7 +216,9 @@ impl Policy for Auth {
         let presented = {
             let auth = req.headers.get(header::AUTHORIZATION).and_then(bearer);
             let x_key = if by_header {
-                req.headers.get(&idh::X_API_KEY).and_then(|v| v.to_str().ok())
+                req.headers
+                    .get(&idh::X_API_KEY)
+                    .and_then(|v| v.to_str().ok())
             } else {
                 None
             };

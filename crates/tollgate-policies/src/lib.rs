@@ -24,9 +24,9 @@ mod builtin;
 mod chain;
 mod context;
 
+pub use auth::Auth;
 pub use builtin::{Builtin, Cors, HeaderTransformer, IpRestriction, RequestSizeLimit};
 pub use chain::{Chain, ORDER, merge_specs};
-pub use auth::Auth;
 pub use context::{Flow, LogSummary, Reply, RequestCtx};
 
 /// Shared runtime state that policies need beyond their own configuration.

@@ -285,7 +285,10 @@ async fn oauth_endpoint(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     use http_body_util::BodyExt;
     let limit = tollgate_identity::oauth::MAX_FORM_BYTES as u64;
-    let bytes = match http_body_util::Limited::new(body, limit as usize).collect().await {
+    let bytes = match http_body_util::Limited::new(body, limit as usize)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(ProxyError::PayloadTooLarge { limit });

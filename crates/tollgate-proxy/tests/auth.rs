@@ -32,7 +32,12 @@ struct Ids {
 }
 
 /// Adds a key to the gateway's ring; returns the secret.
-fn add_key(gw: &TestGateway, env: KeyEnvironment, scopes: &[&str], expires: Option<i64>) -> (String, Ids) {
+fn add_key(
+    gw: &TestGateway,
+    env: KeyEnvironment,
+    scopes: &[&str],
+    expires: Option<i64>,
+) -> (String, Ids) {
     let secret = generate(env).expect("rng").secret;
     let ids = Ids {
         org: OrgId::new(),
@@ -81,7 +86,12 @@ async fn a_valid_key_passes_in_either_header_and_the_upstream_learns_who_called(
         {"name": "api", "paths": ["/api"], "policies": [auth(json!({"scopes": ["orders:read"]}))]}
     ]))
     .await;
-    let (key, ids) = add_key(&gw, KeyEnvironment::Live, &["orders:read", "orders:write"], None);
+    let (key, ids) = add_key(
+        &gw,
+        KeyEnvironment::Live,
+        &["orders:read", "orders:write"],
+        None,
+    );
     let c = client();
     let bearer = format!("Bearer {key}");
     for headers in [
@@ -92,14 +102,31 @@ async fn a_valid_key_passes_in_either_header_and_the_upstream_learns_who_called(
         // Forged identity headers never reach the upstream.
         headers.push(("x-tollgate-org", "org_forged"));
         headers.push(("x-tollgate-scopes", "admin"));
-        let r = c.request("GET", &gw.url("/api/orders"), &headers, empty()).await;
+        let r = c
+            .request("GET", &gw.url("/api/orders"), &headers, empty())
+            .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         let e = r.echo();
-        assert_eq!(e.header("x-tollgate-org").as_deref(), Some(ids.org.as_str()));
-        assert_eq!(e.header("x-tollgate-app").as_deref(), Some(ids.app.as_str()));
-        assert_eq!(e.header("x-tollgate-key-id").as_deref(), Some(ids.key.as_str()));
-        assert_eq!(e.header("x-tollgate-scopes").as_deref(), Some("orders:read orders:write"));
-        assert_eq!(e.header("x-tollgate-credential").as_deref(), Some("api_key"));
+        assert_eq!(
+            e.header("x-tollgate-org").as_deref(),
+            Some(ids.org.as_str())
+        );
+        assert_eq!(
+            e.header("x-tollgate-app").as_deref(),
+            Some(ids.app.as_str())
+        );
+        assert_eq!(
+            e.header("x-tollgate-key-id").as_deref(),
+            Some(ids.key.as_str())
+        );
+        assert_eq!(
+            e.header("x-tollgate-scopes").as_deref(),
+            Some("orders:read orders:write")
+        );
+        assert_eq!(
+            e.header("x-tollgate-credential").as_deref(),
+            Some("api_key")
+        );
         assert_eq!(e.header("x-tollgate-environment").as_deref(), Some("live"));
         assert_eq!(e.header_all("x-tollgate-org").len(), 1);
         // The credential itself is not passed on.
@@ -115,7 +142,11 @@ async fn forged_identity_headers_are_removed_on_routes_without_auth_too() {
         .request(
             "GET",
             &gw.url("/open"),
-            &[("x-tollgate-org", "org_forged"), ("X-Tollgate-Key-Id", "key_x"), ("x-other", "kept")],
+            &[
+                ("x-tollgate-org", "org_forged"),
+                ("X-Tollgate-Key-Id", "key_x"),
+                ("x-other", "kept"),
+            ],
             empty(),
         )
         .await;
@@ -161,7 +192,10 @@ async fn every_kind_of_bad_key_is_refused_with_401_invalid_token() {
         );
         let challenge = r.header("www-authenticate").expect("challenge");
         assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
-        assert!(!r.json().to_string().contains(key), "the key is never echoed");
+        assert!(
+            !r.json().to_string().contains(key),
+            "the key is never echoed"
+        );
     }
     // Malformed keys and checksum failures were refused without a lookup.
     assert_eq!(gw.gw.authenticator().keys().lookups(), lookups + 2);
@@ -194,14 +228,26 @@ async fn missing_scopes_get_403_with_an_insufficient_scope_challenge() {
     .await;
     let (key, _) = add_key(&gw, KeyEnvironment::Live, &["orders:read"], None);
     let r = client()
-        .request("GET", &gw.url("/api"), &[("x-api-key", key.as_str())], empty())
+        .request(
+            "GET",
+            &gw.url("/api"),
+            &[("x-api-key", key.as_str())],
+            empty(),
+        )
         .await;
     assert_eq!(r.problem(403), "insufficient_scope");
     assert_eq!(
         r.header("www-authenticate"),
-        Some("Bearer realm=\"tollgate\", error=\"insufficient_scope\", scope=\"orders:read orders:write\"")
+        Some(
+            "Bearer realm=\"tollgate\", error=\"insufficient_scope\", scope=\"orders:read orders:write\""
+        )
     );
-    assert!(r.json()["detail"].as_str().unwrap_or("").contains("orders:write"));
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("orders:write")
+    );
     assert_eq!(up.stats.requests(), 0);
 }
 
@@ -222,15 +268,41 @@ async fn routes_choose_credential_types_key_sources_and_environments() {
         let url = gw.url(path);
         async move { c.request("GET", &url, &[(h, v.as_str())], empty()).await }
     };
-    assert_eq!(call("/jwt", "x-api-key", live.clone()).await.problem(401), "credential_invalid");
-    assert_eq!(call("/header", "authorization", format!("Bearer {live}")).await.problem(401), "credential_invalid");
+    assert_eq!(
+        call("/jwt", "x-api-key", live.clone()).await.problem(401),
+        "credential_invalid"
+    );
+    assert_eq!(
+        call("/header", "authorization", format!("Bearer {live}"))
+            .await
+            .problem(401),
+        "credential_invalid"
+    );
     assert_eq!(call("/header", "x-api-key", live.clone()).await.status, 200);
-    assert_eq!(call("/sandbox", "x-api-key", live.clone()).await.problem(401), "credential_invalid");
+    assert_eq!(
+        call("/sandbox", "x-api-key", live.clone())
+            .await
+            .problem(401),
+        "credential_invalid"
+    );
     let r = call("/sandbox", "x-api-key", test.clone()).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.echo().header("x-tollgate-environment").as_deref(), Some("test"));
-    assert_eq!(call("/keys", "authorization", "Bearer a.b.c".into()).await.problem(401), "credential_invalid");
-    assert_eq!(call("/keys", "authorization", "Basic dXNlcjpwYXNz".into()).await.problem(401), "credential_missing");
+    assert_eq!(
+        r.echo().header("x-tollgate-environment").as_deref(),
+        Some("test")
+    );
+    assert_eq!(
+        call("/keys", "authorization", "Bearer a.b.c".into())
+            .await
+            .problem(401),
+        "credential_invalid"
+    );
+    assert_eq!(
+        call("/keys", "authorization", "Basic dXNlcjpwYXNz".into())
+            .await
+            .problem(401),
+        "credential_missing"
+    );
 }
 
 // ------------------------------------------------------------------ OAuth2
@@ -328,7 +400,11 @@ impl OAuthFixture {
     async fn token(&self) -> String {
         let auth = basic(self.client_id.as_str(), &self.secret);
         let r = self
-            .post("/oauth2/token", &[("authorization", &auth)], "grant_type=client_credentials")
+            .post(
+                "/oauth2/token",
+                &[("authorization", &auth)],
+                "grant_type=client_credentials",
+            )
             .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         r.json()["access_token"].as_str().expect("token").to_owned()
@@ -341,7 +417,11 @@ async fn client_credentials_tokens_work_through_the_gateway_and_carry_the_app() 
     // client_secret_basic
     let auth = basic(f.client_id.as_str(), &f.secret);
     let r = f
-        .post("/oauth2/token", &[("authorization", &auth)], "grant_type=client_credentials&scope=orders%3Aread")
+        .post(
+            "/oauth2/token",
+            &[("authorization", &auth)],
+            "grant_type=client_credentials&scope=orders%3Aread",
+        )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.header("cache-control"), Some("no-store"));
@@ -363,21 +443,39 @@ async fn client_credentials_tokens_work_through_the_gateway_and_carry_the_app() 
 
     let bearer = format!("Bearer {token}");
     let r = client()
-        .request("GET", &f.gw.url("/read"), &[("authorization", &bearer)], empty())
+        .request(
+            "GET",
+            &f.gw.url("/read"),
+            &[("authorization", &bearer)],
+            empty(),
+        )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let e = r.echo();
     assert_eq!(e.header("x-tollgate-credential").as_deref(), Some("oauth"));
     assert_eq!(e.header("x-tollgate-org").as_deref(), Some(f.org.as_str()));
     assert_eq!(e.header("x-tollgate-app").as_deref(), Some(f.app.as_str()));
-    assert_eq!(e.header("x-tollgate-subject").as_deref(), Some(f.client_id.as_str()));
+    assert_eq!(
+        e.header("x-tollgate-subject").as_deref(),
+        Some(f.client_id.as_str())
+    );
     // Scope it does not have; a route that takes keys only.
     let r = client()
-        .request("GET", &f.gw.url("/write"), &[("authorization", &bearer)], empty())
+        .request(
+            "GET",
+            &f.gw.url("/write"),
+            &[("authorization", &bearer)],
+            empty(),
+        )
         .await;
     assert_eq!(r.problem(403), "insufficient_scope");
     let r = client()
-        .request("GET", &f.gw.url("/keys"), &[("authorization", &bearer)], empty())
+        .request(
+            "GET",
+            &f.gw.url("/keys"),
+            &[("authorization", &bearer)],
+            empty(),
+        )
         .await;
     assert_eq!(r.problem(401), "credential_invalid");
 }
@@ -396,34 +494,72 @@ async fn the_token_endpoint_refuses_bad_clients_grants_and_scopes() {
     let id = f.client_id.as_str();
     let wrong = basic(id, "tgcs_wrong");
     let r = f
-        .post("/oauth2/token", &[("authorization", &wrong)], "grant_type=client_credentials")
+        .post(
+            "/oauth2/token",
+            &[("authorization", &wrong)],
+            "grant_type=client_credentials",
+        )
         .await;
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"], "invalid_client");
-    assert!(r.header("www-authenticate").is_some_and(|v| v.starts_with("Basic")));
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Basic"))
+    );
     let unknown = basic(ClientId::new().as_str(), &f.secret);
     let r = f
-        .post("/oauth2/token", &[("authorization", &unknown)], "grant_type=client_credentials")
+        .post(
+            "/oauth2/token",
+            &[("authorization", &unknown)],
+            "grant_type=client_credentials",
+        )
         .await;
     assert_eq!(r.json()["error"], "invalid_client");
     let good = basic(id, &f.secret);
     for (body, status, error) in [
-        ("grant_type=password&username=a&password=b", 400, "unsupported_grant_type"),
+        (
+            "grant_type=password&username=a&password=b",
+            400,
+            "unsupported_grant_type",
+        ),
         ("", 400, "invalid_request"),
-        ("grant_type=client_credentials&scope=orders%3Awrite", 400, "invalid_scope"),
-        ("grant_type=client_credentials&grant_type=client_credentials", 400, "invalid_request"),
+        (
+            "grant_type=client_credentials&scope=orders%3Awrite",
+            400,
+            "invalid_scope",
+        ),
+        (
+            "grant_type=client_credentials&grant_type=client_credentials",
+            400,
+            "invalid_request",
+        ),
     ] {
-        let r = f.post("/oauth2/token", &[("authorization", &good)], body).await;
+        let r = f
+            .post("/oauth2/token", &[("authorization", &good)], body)
+            .await;
         assert_eq!(r.status, status, "{body}");
         assert_eq!(r.json()["error"], error, "{body}");
     }
     // Two authentication methods at once.
-    let both = format!("grant_type=client_credentials&client_id={id}&client_secret={}", f.secret);
-    let r = f.post("/oauth2/token", &[("authorization", &good)], &both).await;
+    let both = format!(
+        "grant_type=client_credentials&client_id={id}&client_secret={}",
+        f.secret
+    );
+    let r = f
+        .post("/oauth2/token", &[("authorization", &good)], &both)
+        .await;
     assert_eq!(r.json()["error"], "invalid_request");
     // Not a form; not a POST.
     let r = client()
-        .request("POST", &f.gw.url("/oauth2/token"), &[("authorization", &good), ("content-type", "application/json")], full("{}"))
+        .request(
+            "POST",
+            &f.gw.url("/oauth2/token"),
+            &[
+                ("authorization", &good),
+                ("content-type", "application/json"),
+            ],
+            full("{}"),
+        )
         .await;
     assert_eq!(r.json()["error"], "invalid_request");
     let r = client().get(&f.gw.url("/oauth2/token")).await;
@@ -434,14 +570,19 @@ async fn the_token_endpoint_refuses_bad_clients_grants_and_scopes() {
 #[tokio::test]
 async fn metadata_and_jwks_are_published() {
     let f = oauth_gateway().await;
-    let meta = client().get(&f.gw.url("/.well-known/oauth-authorization-server")).await;
+    let meta = client()
+        .get(&f.gw.url("/.well-known/oauth-authorization-server"))
+        .await;
     assert_eq!(meta.status, 200);
     let m = meta.json();
     let issuer = format!("http://{}", f.gw.addr);
     assert_eq!(m["issuer"], issuer.as_str());
     assert_eq!(m["token_endpoint"], format!("{issuer}/oauth2/token"));
     assert_eq!(m["jwks_uri"], format!("{issuer}/oauth2/jwks"));
-    assert_eq!(m["introspection_endpoint"], format!("{issuer}/oauth2/introspect"));
+    assert_eq!(
+        m["introspection_endpoint"],
+        format!("{issuer}/oauth2/introspect")
+    );
     assert_eq!(m["revocation_endpoint"], format!("{issuer}/oauth2/revoke"));
     assert_eq!(m["grant_types_supported"], json!(["client_credentials"]));
     let jwks = client().get(&f.gw.url("/oauth2/jwks")).await.json();
@@ -459,7 +600,9 @@ async fn introspection_and_revocation_follow_rfc_7662_and_7009() {
     let token = f.token().await;
     let auth = basic(f.client_id.as_str(), &f.secret);
     let form = format!("token={token}");
-    let r = f.post("/oauth2/introspect", &[("authorization", &auth)], &form).await;
+    let r = f
+        .post("/oauth2/introspect", &[("authorization", &auth)], &form)
+        .await;
     assert_eq!(r.status, 200);
     let i = r.json();
     assert_eq!(i["active"], true);
@@ -468,25 +611,46 @@ async fn introspection_and_revocation_follow_rfc_7662_and_7009() {
     assert_eq!(i["token_type"], "Bearer");
     assert!(i["exp"].as_i64().is_some());
     // Garbage is inactive, not an error.
-    let r = f.post("/oauth2/introspect", &[("authorization", &auth)], "token=garbage").await;
+    let r = f
+        .post(
+            "/oauth2/introspect",
+            &[("authorization", &auth)],
+            "token=garbage",
+        )
+        .await;
     assert_eq!(r.json(), json!({"active": false}));
     // Introspection needs client authentication.
     let r = f.post("/oauth2/introspect", &[], &form).await;
     assert_eq!(r.status, 401);
 
     // Revocation: 200, and the token stops working on the gateway.
-    let r = f.post("/oauth2/revoke", &[("authorization", &auth)], &form).await;
+    let r = f
+        .post("/oauth2/revoke", &[("authorization", &auth)], &form)
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(f.revoker.0.load(Ordering::SeqCst), 1);
-    let r = f.post("/oauth2/introspect", &[("authorization", &auth)], &form).await;
+    let r = f
+        .post("/oauth2/introspect", &[("authorization", &auth)], &form)
+        .await;
     assert_eq!(r.json()["active"], false);
     let bearer = format!("Bearer {token}");
     let r = client()
-        .request("GET", &f.gw.url("/read"), &[("authorization", &bearer)], empty())
+        .request(
+            "GET",
+            &f.gw.url("/read"),
+            &[("authorization", &bearer)],
+            empty(),
+        )
         .await;
     assert_eq!(r.problem(401), "credential_invalid");
     // Revoking garbage is still 200 (RFC 7009 2.2) and stores nothing.
-    let r = f.post("/oauth2/revoke", &[("authorization", &auth)], "token=garbage").await;
+    let r = f
+        .post(
+            "/oauth2/revoke",
+            &[("authorization", &auth)],
+            "token=garbage",
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(f.revoker.0.load(Ordering::SeqCst), 1);
 }

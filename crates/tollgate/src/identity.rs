@@ -93,7 +93,14 @@ fn now_ms() -> i64 {
 fn key_entry(g: KeyGrant) -> (KeyHash, KeyEntry) {
     (
         KeyHash(g.key_hash),
-        KeyEntry::new(g.id, g.org_id, g.app_id, g.environment, g.scopes, g.expires_at),
+        KeyEntry::new(
+            g.id,
+            g.org_id,
+            g.app_id,
+            g.environment,
+            g.scopes,
+            g.expires_at,
+        ),
     )
 }
 
@@ -146,7 +153,12 @@ pub async fn ensure_signing_key(store: &Store) -> anyhow::Result<()> {
     }
     let k = tollgate_identity::oauth::keys::generate_signing_key()?;
     store
-        .add_signing_key(&k.id, tollgate_identity::oauth::keys::SIGNING_ALGORITHM, &k.pkcs8, &k.public_jwk)
+        .add_signing_key(
+            &k.id,
+            tollgate_identity::oauth::keys::SIGNING_ALGORITHM,
+            &k.pkcs8,
+            &k.public_jwk,
+        )
         .await?;
     tracing::info!(kid = %k.id, "created a platform signing key");
     Ok(())

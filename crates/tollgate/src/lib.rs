@@ -237,7 +237,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             .oauth_issuer
             .clone()
             .unwrap_or_else(|| format!("http://localhost:{}", addr.port()));
-        let audience = args.oauth_audience.clone().unwrap_or_else(|| issuer.clone());
+        let audience = args
+            .oauth_audience
+            .clone()
+            .unwrap_or_else(|| issuer.clone());
         gateway.set_oauth(OAuthServer::new(
             OAuthSettings {
                 issuer,

@@ -241,7 +241,10 @@ pub(super) fn issuer(spec: &JwtIssuerSpec, at: &str, errs: &mut Errors) {
         if spec.secret_env.is_some() {
             errs.push(
                 format!("{at}.secret_env"),
-                format!("only HS256 uses a shared secret, not {}", spec.algorithm.as_str()),
+                format!(
+                    "only HS256 uses a shared secret, not {}",
+                    spec.algorithm.as_str()
+                ),
             );
         }
         if spec.jwks_url.is_some() && spec.discovery_url.is_some() {
@@ -270,7 +273,10 @@ pub(super) fn issuer(spec: &JwtIssuerSpec, at: &str, errs: &mut Errors) {
 
 pub(super) fn auth(c: &AuthConfig, issuers: Option<&[JwtIssuerSpec]>, at: &str, errs: &mut Errors) {
     if c.accept.is_empty() {
-        errs.push(format!("{at}.accept"), "must list at least one credential type");
+        errs.push(
+            format!("{at}.accept"),
+            "must list at least one credential type",
+        );
     }
     if c.accept.contains(&CredentialType::ApiKey) && c.key_sources.is_empty() {
         errs.push(
@@ -279,7 +285,10 @@ pub(super) fn auth(c: &AuthConfig, issuers: Option<&[JwtIssuerSpec]>, at: &str, 
         );
     }
     for (i, s) in c.scopes.iter().enumerate() {
-        if s.is_empty() || s.chars().any(|ch| ch.is_whitespace() || ch.is_control() || ch == '"' || ch == '\\') {
+        if s.is_empty()
+            || s.chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control() || ch == '"' || ch == '\\')
+        {
             errs.push(
                 format!("{at}.scopes[{i}]"),
                 "a scope is a non-empty token without spaces, quotes or backslashes (RFC 6749 3.3)",

@@ -201,7 +201,10 @@ fn auth_policies_and_jwt_issuers_read_with_their_defaults() {
         panic!("auth policy");
     };
     assert_eq!(auth.accept.len(), 3);
-    assert_eq!(auth.key_sources, vec![KeySource::Bearer, KeySource::XApiKey]);
+    assert_eq!(
+        auth.key_sources,
+        vec![KeySource::Bearer, KeySource::XApiKey]
+    );
     assert!(auth.hide_credentials);
     let again = Config::from_yaml(&cfg.to_yaml(), "again.yaml").expect("round trip");
     assert_eq!(again, cfg);
@@ -235,10 +238,19 @@ policies:
     assert!(has("jwt_issuers[0].secret_env", "HS256"), "{errs:?}");
     assert!(has("jwt_issuers[1].name", "duplicate"), "{errs:?}");
     assert!(has("jwt_issuers[1].secret_env", "only HS256"), "{errs:?}");
-    assert!(has("jwt_issuers[1].jwks_url", "not an absolute"), "{errs:?}");
+    assert!(
+        has("jwt_issuers[1].jwks_url", "not an absolute"),
+        "{errs:?}"
+    );
     assert!(has("policies[0].config.accept", "at least one"), "{errs:?}");
-    assert!(has("policies[0].config.scopes[0]", "without spaces"), "{errs:?}");
-    assert!(has("policies[0].config.issuers[0]", "no JWT issuer"), "{errs:?}");
+    assert!(
+        has("policies[0].config.scopes[0]", "without spaces"),
+        "{errs:?}"
+    );
+    assert!(
+        has("policies[0].config.issuers[0]", "no JWT issuer"),
+        "{errs:?}"
+    );
     // `alg: none` is not an algorithm one can configure.
     let none = "jwt_issuers: [{name: n, issuer: n, audiences: [a], algorithm: none}]";
     assert!(Config::from_yaml(none, "none.yaml").is_err());

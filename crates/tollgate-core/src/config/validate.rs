@@ -427,7 +427,9 @@ pub(super) fn policies(
                 }
             }
             PolicySpec::RequestSizeLimit(_) => {}
-            PolicySpec::Auth(c) => super::identity::auth(c, issuers, &format!("{pat}.config"), errs),
+            PolicySpec::Auth(c) => {
+                super::identity::auth(c, issuers, &format!("{pat}.config"), errs)
+            }
             PolicySpec::RequestTransformer(t) | PolicySpec::ResponseTransformer(t) => {
                 check_headers(t.remove.iter(), &format!("{pat}.config.remove"), errs);
                 for (kind, map) in [("set", &t.set), ("add", &t.add), ("append", &t.append)] {

@@ -39,7 +39,10 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Bytes>
     let mut res = Response::new(Bytes::from(body.to_string()));
     *res.status_mut() = status;
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     res
@@ -120,7 +123,10 @@ fn parse_form(req: &Request<Bytes>) -> Result<Form, Response<Bytes>> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
     if !is_form {
         return Err(oauth_error(
             StatusCode::BAD_REQUEST,
@@ -252,10 +258,7 @@ impl OAuthServer {
                 }
                 (id, secret)
             }
-            (None, Some(secret)) => (
-                post_id.ok_or_else(bad)?.to_owned(),
-                secret.to_owned(),
-            ),
+            (None, Some(secret)) => (post_id.ok_or_else(bad)?.to_owned(), secret.to_owned()),
             (None, None) => return Err(bad()),
         };
         self.authenticate(&id, &secret).await.ok_or_else(bad)
@@ -281,8 +284,11 @@ impl OAuthServer {
         }
         let scopes: Vec<String> = match form.get("scope")? {
             Some(requested) => {
-                let requested: Vec<String> =
-                    requested.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+                let requested: Vec<String> = requested
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
                 if let Some(s) = requested.iter().find(|s| !client.scopes.contains(s)) {
                     return Err(oauth_error(
                         StatusCode::BAD_REQUEST,

@@ -52,8 +52,12 @@ pub fn generate_signing_key() -> Result<GeneratedKey, KeyError> {
 
 /// The public JWK of a P-256 PKCS#8 key.
 pub fn public_jwk(id: &SigningKeyId, pkcs8: &[u8]) -> Result<serde_json::Value, KeyError> {
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &SystemRandom::new())
-        .map_err(|_| KeyError("stored signing key is not a P-256 PKCS#8 key".into()))?;
+    let pair = EcdsaKeyPair::from_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        pkcs8,
+        &SystemRandom::new(),
+    )
+    .map_err(|_| KeyError("stored signing key is not a P-256 PKCS#8 key".into()))?;
     let point = pair.public_key().as_ref();
     if point.len() != 65 || point[0] != 4 {
         return Err(KeyError("unexpected public key encoding".into()));
@@ -78,7 +82,10 @@ pub fn generate_client_secret() -> Result<String, KeyError> {
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| KeyError("random generator failed".into()))?;
-    Ok(format!("{CLIENT_SECRET_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
+    Ok(format!(
+        "{CLIENT_SECRET_PREFIX}{}",
+        URL_SAFE_NO_PAD.encode(bytes)
+    ))
 }
 
 /// The argon2id PHC string stored for a client secret.

@@ -259,4 +259,3 @@ impl OAuthServer {
             .clone()
     }
 }
-

@@ -72,7 +72,12 @@ fn narrower_level_wins_and_order_is_fixed() {
 
 #[test]
 fn ip_restriction_deny_beats_allow_and_mapped_v4_matches() {
-    let chain = Chain::compile(&[ip_rule(&["10.0.0.0/8"], &["10.1.0.0/16"])], &[], &[], &env());
+    let chain = Chain::compile(
+        &[ip_rule(&["10.0.0.0/8"], &["10.1.0.0/16"])],
+        &[],
+        &[],
+        &env(),
+    );
     for (ip, ok) in [
         ("10.2.3.4", true),
         ("10.1.2.3", false),

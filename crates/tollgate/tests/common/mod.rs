@@ -166,6 +166,49 @@ pub async fn get(url: &str) -> Reply {
     call(Method::GET, url, None, None).await
 }
 
+/// Sends `req` on a fresh client and reads the answer, bounded by [`DEADLINE`].
+pub async fn send(req: Request<Full<Bytes>>) -> Reply {
+    let what = format!("{} {}", req.method(), req.uri());
+    let fut = async {
+        let res = client()
+            .request(req)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .to_bytes();
+        Reply {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&body).into_owned(),
+        }
+    };
+    within("an HTTP answer", fut).await
+}
+
+/// A GET with extra headers.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(b.body(Full::new(Bytes::new())).expect("request")).await
+}
+
+/// A POST of an `application/x-www-form-urlencoded` body.
+pub async fn post_form(url: &str, form: &str) -> Reply {
+    let req = Request::post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(form.to_owned())))
+        .expect("request");
+    send(req).await
+}
+
 /// Whether the proxy at `proxy` routes `path`: true when an in-test upstream
 /// answered 200, false when the proxy answered 404 `no_route`. Anything else
 /// fails the test.
