@@ -200,6 +200,19 @@ def report(results, meta_path):
                 f"p50 {fmt_ms(med([r['v1'] for r in pn_lat]))}, p99 {fmt_ms(med([r['v2'] for r in pn_lat]))}"
             )
     w("")
+    base = "pass-through"
+    costs = []
+    for n in ns:
+        b = med([r["v1"] for r in pick(rows, n=n, sys="tollgate", scen=base, kind="thr")])
+        for s in scenarios:
+            if s == base or not b:
+                continue
+            v = med([r["v1"] for r in pick(rows, n=n, sys="tollgate", scen=s, kind="thr")])
+            if v:
+                costs.append(f"N={n} {s}: {v / b:.3f} × pass-through ({(1 - v / b) * 100:+.1f}% cost)")
+    if costs:
+        w("Policy cost, Tollgate scenario throughput over Tollgate pass-through in the same run: " + "; ".join(costs) + ".")
+        w("")
     for n in ns:
         dm = med([r["v1"] for r in pick(rows, n=n, sys="direct", kind="thr")])
         nm = med([r["v1"] for r in pick(rows, n=n, sys="nginx", kind="thr")])
