@@ -5,6 +5,7 @@
 //! fetch: fetches are rare, and a client bound to no runtime can be used from
 //! any of the gateway's worker runtimes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +26,8 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub enum FetchError {
     #[error("`{0}` is not an absolute http(s) URL")]
     InvalidUrl(String),
+    #[error("TLS set-up failed")]
+    Tls(#[source] rustls::Error),
     #[error("request failed")]
     Request(#[source] hyper_util::client::legacy::Error),
     #[error("no complete response within {}s", FETCH_TIMEOUT.as_secs())]
@@ -66,7 +69,8 @@ pub async fn fetch_json(url: &str) -> Result<serde_json::Value, FetchError> {
 
 async fn get(uri: Uri) -> Result<serde_json::Value, FetchError> {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
+        .map_err(FetchError::Tls)?
         .https_or_http()
         .enable_http1()
         .build();

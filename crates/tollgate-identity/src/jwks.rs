@@ -3,8 +3,8 @@
 //! issuer's `jwks_url` or through OIDC discovery, kept for the cache TTL, and
 //! refetched early when a token names an unknown `kid`, but never more than
 //! once per refetch interval, and never by two tasks at once. When a refetch
-//! fails the old set stays in use; only an issuer whose set was never fetched
-//! has no keys. Keys are only ever taken from the configured endpoint: a
+//! fails the old set stays in use and the next attempt waits for the refetch
+//! interval; only an issuer whose set was never fetched has no keys. Keys are only ever taken from the configured endpoint: a
 //! token's `jku`, `x5u`, `x5c` and `jwk` headers play no part here.
 
 use std::sync::{Arc, RwLock};

@@ -6,9 +6,9 @@
 //! memory.
 
 pub mod apikey;
-pub mod keyring;
 pub mod authn;
-mod fetch;
+pub mod fetch;
 pub mod jwks;
 pub mod jwt;
+pub mod keyring;
 pub mod oauth;

@@ -3,6 +3,8 @@
 //! Tokens are minted here with freshly generated keys (one fixed RSA key).
 //! Waiting for an interval to pass is done by advancing tokio's clock.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -518,7 +518,10 @@ backend_tests! {
         let seq = store.identity_seq().await.unwrap();
         store.touch_keys(&[]).await.unwrap();
         store.touch_keys(&[(f.key.clone(), 1_000_000), (k2.clone(), 2_000_000), (KeyId::new(), 5)]).await.unwrap();
-        store.touch_keys(&[(f.key.clone(), 500_000), (k2.clone(), 3_000_000)]).await.unwrap();
+        store
+            .touch_keys(&[(k2.clone(), 2_500_000), (f.key.clone(), 500_000), (k2.clone(), 3_000_000)])
+            .await
+            .unwrap();
         let used = |k: tollgate_store::ApiKey| k.last_used_at.map(|t| t.timestamp_millis());
         assert_eq!(used(t.get_key(&f.key).await.unwrap()), Some(1_000_000), "never backwards");
         assert_eq!(used(t.get_key(&k2).await.unwrap()), Some(3_000_000));

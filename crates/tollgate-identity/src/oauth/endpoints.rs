@@ -48,6 +48,14 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Bytes>
     res
 }
 
+/// An error answer, boxed: the happy path carries no large `Err` variant.
+type Rejection = Box<Response<Bytes>>;
+
+/// [`oauth_error`], boxed for an `Err`.
+fn reject(status: StatusCode, error: &str, description: &str) -> Rejection {
+    Box::new(oauth_error(status, error, description))
+}
+
 /// An RFC 6749 section 5.2 error.
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<Bytes> {
     let mut res = json_response(
@@ -103,11 +111,11 @@ struct Form(Vec<(String, String)>);
 
 impl Form {
     /// One parameter; a repeated parameter is an error (RFC 6749 section 3.2).
-    fn get(&self, name: &str) -> Result<Option<&str>, Response<Bytes>> {
+    fn get(&self, name: &str) -> Result<Option<&str>, Rejection> {
         let mut found = self.0.iter().filter(|(k, _)| k == name);
         let first = found.next().map(|(_, v)| v.as_str());
         if found.next().is_some() {
-            return Err(oauth_error(
+            return Err(reject(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 &format!("the parameter `{name}` is repeated"),
@@ -117,7 +125,7 @@ impl Form {
     }
 }
 
-fn parse_form(req: &Request<Bytes>) -> Result<Form, Response<Bytes>> {
+fn parse_form(req: &Request<Bytes>) -> Result<Form, Rejection> {
     let is_form = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -128,7 +136,7 @@ fn parse_form(req: &Request<Bytes>) -> Result<Form, Response<Bytes>> {
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         });
     if !is_form {
-        return Err(oauth_error(
+        return Err(reject(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "send the parameters as application/x-www-form-urlencoded",
@@ -176,18 +184,18 @@ impl OAuthServer {
                 }
                 let form = match parse_form(&req) {
                     Ok(f) => f,
-                    Err(res) => return res,
+                    Err(res) => return *res,
                 };
                 let client = match self.client_auth(&req, &form).await {
                     Ok(c) => c,
-                    Err(res) => return res,
+                    Err(res) => return *res,
                 };
                 let result = match path {
                     TOKEN_PATH => self.token(&client, &form),
                     INTROSPECT_PATH => self.introspect(&client, &form).await,
                     _ => self.revoke(&client, &form).await,
                 };
-                result.unwrap_or_else(|res| res)
+                result.unwrap_or_else(|res| *res)
             }
             _ => oauth_error(
                 StatusCode::NOT_FOUND,
@@ -222,7 +230,7 @@ impl OAuthServer {
         &self,
         req: &Request<Bytes>,
         form: &Form,
-    ) -> Result<Arc<ClientEntry>, Response<Bytes>> {
+    ) -> Result<Arc<ClientEntry>, Rejection> {
         let basic = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -232,16 +240,17 @@ impl OAuthServer {
             .map(|(_, rest)| rest.trim().to_owned());
         let post_id = form.get("client_id")?;
         let post_secret = form.get("client_secret")?;
-        let bad = || {
+        let bad = || -> Rejection {
             oauth_error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "client authentication failed",
             )
+            .into()
         };
         let (id, secret) = match (basic, post_secret) {
             (Some(_), Some(_)) => {
-                return Err(oauth_error(
+                return Err(reject(
                     StatusCode::BAD_REQUEST,
                     "invalid_request",
                     "use one client authentication method, not two",
@@ -264,18 +273,18 @@ impl OAuthServer {
         self.authenticate(&id, &secret).await.ok_or_else(bad)
     }
 
-    fn token(&self, client: &ClientEntry, form: &Form) -> Result<Response<Bytes>, Response<Bytes>> {
+    fn token(&self, client: &ClientEntry, form: &Form) -> Result<Response<Bytes>, Rejection> {
         match form.get("grant_type")? {
             Some("client_credentials") => {}
             Some(_) => {
-                return Err(oauth_error(
+                return Err(reject(
                     StatusCode::BAD_REQUEST,
                     "unsupported_grant_type",
                     "only the client_credentials grant is supported",
                 ));
             }
             None => {
-                return Err(oauth_error(
+                return Err(reject(
                     StatusCode::BAD_REQUEST,
                     "invalid_request",
                     "grant_type is required",
@@ -290,7 +299,7 @@ impl OAuthServer {
                     .map(str::to_owned)
                     .collect();
                 if let Some(s) = requested.iter().find(|s| !client.scopes.contains(s)) {
-                    return Err(oauth_error(
+                    return Err(reject(
                         StatusCode::BAD_REQUEST,
                         "invalid_scope",
                         &format!("this client may not request the scope `{s}`"),
@@ -300,12 +309,13 @@ impl OAuthServer {
             }
             None => client.scopes.clone(),
         };
-        let signer = self.signer().ok_or_else(|| {
+        let signer = self.signer().ok_or_else(|| -> Rejection {
             oauth_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
                 "no signing key is available yet",
             )
+            .into()
         })?;
         let now = now_s();
         let ttl = self.settings.token_ttl.as_secs() as i64;
@@ -326,14 +336,16 @@ impl OAuthServer {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.typ = Some("at+jwt".into());
         header.kid = Some(signer.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &signer.key).map_err(|e| {
-            tracing::error!(error = %e, "signing an access token failed");
-            oauth_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "the access token could not be signed",
-            )
-        })?;
+        let token =
+            jsonwebtoken::encode(&header, &claims, &signer.key).map_err(|e| -> Rejection {
+                tracing::error!(error = %e, "signing an access token failed");
+                oauth_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "the access token could not be signed",
+                )
+                .into()
+            })?;
         Ok(json_response(
             StatusCode::OK,
             json!({
@@ -350,9 +362,9 @@ impl OAuthServer {
         &self,
         client: &ClientEntry,
         form: &Form,
-    ) -> Result<Option<crate::jwt::VerifiedToken>, Response<Bytes>> {
+    ) -> Result<Option<crate::jwt::VerifiedToken>, Rejection> {
         let Some(token) = form.get("token")? else {
-            return Err(oauth_error(
+            return Err(reject(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "the `token` parameter is required",
@@ -373,7 +385,7 @@ impl OAuthServer {
         &self,
         client: &ClientEntry,
         form: &Form,
-    ) -> Result<Response<Bytes>, Response<Bytes>> {
+    ) -> Result<Response<Bytes>, Rejection> {
         let inactive = || json_response(StatusCode::OK, json!({ "active": false }));
         let Some(v) = self.own_token(client, form).await? else {
             return Ok(inactive());
@@ -406,7 +418,7 @@ impl OAuthServer {
         &self,
         client: &ClientEntry,
         form: &Form,
-    ) -> Result<Response<Bytes>, Response<Bytes>> {
+    ) -> Result<Response<Bytes>, Rejection> {
         // RFC 7009 2.2: an invalid or foreign token still gets 200.
         let ok = || json_response(StatusCode::OK, json!({}));
         let Some(v) = self.own_token(client, form).await? else {
@@ -418,7 +430,7 @@ impl OAuthServer {
         let client_id: ClientId = client.id.clone();
         if let Err(e) = self.revoker.revoke(jti.clone(), client_id, exp).await {
             tracing::warn!(error = %e, "token revocation could not be stored");
-            return Err(oauth_error(
+            return Err(reject(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
                 "the revocation could not be stored; try again",

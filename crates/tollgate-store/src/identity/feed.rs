@@ -199,14 +199,19 @@ impl Store {
 
     /// Records when keys were last used (unix ms), in one transaction. A
     /// time never moves back; unknown ids are ignored. Records no change:
-    /// last use is not security relevant.
+    /// last use is not security relevant. Rows are updated in id order, so
+    /// concurrent batches from several nodes cannot deadlock.
     pub async fn touch_keys(&self, uses: &[(KeyId, i64)]) -> Result<(), StoreError> {
         if uses.is_empty() {
             return Ok(());
         }
+        // One update per key, the latest time first among duplicates.
+        let mut uses: Vec<(&KeyId, i64)> = uses.iter().map(|(id, at)| (id, *at)).collect();
+        uses.sort_by(|a, b| a.0.cmp(b.0).then(b.1.cmp(&a.1)));
+        uses.dedup_by(|later, kept| later.0 == kept.0);
         let mut conn = self.pool.write().await?;
         for (id, at) in uses {
-            csql::touch_key(&mut conn, id, *at).await?;
+            csql::touch_key(&mut conn, id, at).await?;
         }
         conn.commit().await
     }
