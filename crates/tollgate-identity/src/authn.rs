@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 use tollgate_core::identity::{CredentialType, KeyEnvironment};
-use tollgate_core::ids::KeyId;
+use tollgate_core::ids::{AppId, KeyId, OrgId};
 
 use crate::apikey::Pepper;
 use crate::jwt::Issuers;
-use crate::keyring::KeyRing;
+use crate::keyring::{KeyEntry, KeyRing};
 
 /// The identity headers the gateway sends upstream. Copies sent by clients
 /// are removed from every request, so upstreams can trust them.
@@ -40,26 +40,128 @@ pub fn is_reserved_header(name: &HeaderName) -> bool {
 
 /// Who is calling, once a credential was verified.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub enum Caller {
+    /// An API key from the key ring; its grant and identity headers were
+    /// prepared when the key entered the ring.
+    Key(Arc<KeyEntry>),
+    /// A JWT, external or from Tollgate's OAuth2 server.
+    Token(TokenCaller),
+}
+
+/// What a verified token says about its caller.
+#[derive(Debug, Clone)]
+pub struct TokenCaller {
     pub credential: CredentialType,
-    /// Organization id (`org_...` for keys and platform tokens; the mapped
-    /// claim for external JWTs).
-    pub org: Option<String>,
-    /// App id (`app_...` for keys and platform tokens; the mapped claim for
+    /// Organization id (`org_...` for platform tokens; the mapped claim for
     /// external JWTs).
+    pub org: Option<String>,
+    /// App id (`app_...` for platform tokens; the mapped claim otherwise).
     pub app: Option<String>,
-    pub key_id: Option<KeyId>,
     pub subject: Option<String>,
     pub scopes: Vec<String>,
-    pub environment: Option<KeyEnvironment>,
-    /// The issuer's configured name, for JWTs.
-    pub issuer: Option<Arc<str>>,
+    /// The issuer's configured name.
+    pub issuer: Arc<str>,
 }
 
 impl Caller {
-    pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| s == scope)
+    pub fn credential(&self) -> CredentialType {
+        match self {
+            Caller::Key(_) => CredentialType::ApiKey,
+            Caller::Token(t) => t.credential,
+        }
     }
+
+    pub fn org(&self) -> Option<&str> {
+        match self {
+            Caller::Key(k) => Some(k.org.as_str()),
+            Caller::Token(t) => t.org.as_deref(),
+        }
+    }
+
+    pub fn app(&self) -> Option<&str> {
+        match self {
+            Caller::Key(k) => Some(k.app.as_str()),
+            Caller::Token(t) => t.app.as_deref(),
+        }
+    }
+
+    pub fn key_id(&self) -> Option<&KeyId> {
+        match self {
+            Caller::Key(k) => Some(&k.id),
+            Caller::Token(_) => None,
+        }
+    }
+
+    pub fn environment(&self) -> Option<KeyEnvironment> {
+        match self {
+            Caller::Key(k) => Some(k.environment),
+            Caller::Token(_) => None,
+        }
+    }
+
+    pub fn scopes(&self) -> &[String] {
+        match self {
+            Caller::Key(k) => &k.scopes,
+            Caller::Token(t) => &t.scopes,
+        }
+    }
+
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes().iter().any(|s| s == scope)
+    }
+
+    /// Sets the identity headers on a request going upstream.
+    pub fn write_headers(&self, h: &mut http::HeaderMap) {
+        match self {
+            Caller::Key(k) => {
+                for (name, value) in k.identity_headers() {
+                    h.insert(name.clone(), value.clone());
+                }
+            }
+            Caller::Token(t) => {
+                let mut set = |name: &HeaderName, value: &str| {
+                    if let Ok(v) = HeaderValue::from_str(value) {
+                        h.insert(name.clone(), v);
+                    }
+                };
+                set(&headers::CREDENTIAL, t.credential.as_str());
+                if let Some(org) = &t.org {
+                    set(&headers::ORG, org);
+                }
+                if let Some(app) = &t.app {
+                    set(&headers::APP, app);
+                }
+                if let Some(sub) = &t.subject {
+                    set(&headers::SUBJECT, sub);
+                }
+                set(&headers::ISSUER, &t.issuer);
+                set(&headers::SCOPES, &t.scopes.join(" "));
+            }
+        }
+    }
+}
+
+/// The identity headers of a key, made once when it enters the ring.
+pub(crate) fn key_headers(
+    id: &KeyId,
+    org: &OrgId,
+    app: &AppId,
+    environment: KeyEnvironment,
+    scopes: &[String],
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::with_capacity(6);
+    let mut push = |name: &HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            out.push((name.clone(), v));
+        }
+    };
+    push(&headers::CREDENTIAL, CredentialType::ApiKey.as_str());
+    push(&headers::ORG, org.as_str());
+    push(&headers::APP, app.as_str());
+    push(&headers::KEY_ID, id.as_str());
+    push(&headers::ENVIRONMENT, environment.as_str());
+    push(&headers::SCOPES, &scopes.join(" "));
+    out
 }
 
 /// Everything credential checks need, shared by all workers.

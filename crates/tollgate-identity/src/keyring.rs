@@ -31,6 +31,7 @@ pub struct KeyEntry {
     pub scopes: Vec<String>,
     /// When the key stops working (unix ms); rotation sets this on the old key.
     pub expires_at_ms: Option<i64>,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
     last_used_ms: AtomicI64,
     flushed_ms: AtomicI64,
 }
@@ -44,7 +45,9 @@ impl KeyEntry {
         scopes: Vec<String>,
         expires_at_ms: Option<i64>,
     ) -> KeyEntry {
+        let headers = crate::authn::key_headers(&id, &org, &app, environment, &scopes);
         KeyEntry {
+            headers,
             id,
             org,
             app,
@@ -54,6 +57,11 @@ impl KeyEntry {
             last_used_ms: AtomicI64::new(0),
             flushed_ms: AtomicI64::new(0),
         }
+    }
+
+    /// The `X-Tollgate-*` headers the upstream receives for this key.
+    pub fn identity_headers(&self) -> &[(http::HeaderName, http::HeaderValue)] {
+        &self.headers
     }
 
     /// The last use recorded in memory (unix ms), 0 if never.

@@ -22,7 +22,7 @@ use http::request;
 use tollgate_core::config::{AuthConfig, KeySource};
 use tollgate_core::identity::CredentialType;
 use tollgate_core::problem::ErrorCode;
-use tollgate_identity::authn::{Authenticator, Caller, headers as idh};
+use tollgate_identity::authn::{Authenticator, Caller, TokenCaller, headers as idh};
 use tollgate_identity::{apikey, keyring::KeyRefusal};
 
 use crate::{Flow, Policy, Reply, RequestCtx};
@@ -124,16 +124,7 @@ impl Auth {
                 {
                     return Err(format!("this route accepts only {} keys", env.as_str()));
                 }
-                Ok(Caller {
-                    credential: CredentialType::ApiKey,
-                    org: Some(entry.org.to_string()),
-                    app: Some(entry.app.to_string()),
-                    key_id: Some(entry.id.clone()),
-                    subject: None,
-                    scopes: entry.scopes.clone(),
-                    environment: Some(entry.environment),
-                    issuer: None,
-                })
+                Ok(Caller::Key(entry))
             }
             Presented::Token(token) => {
                 let jwt = self.accepts(CredentialType::Jwt);
@@ -168,16 +159,14 @@ impl Auth {
                 } else {
                     (v.organization, v.app)
                 };
-                Ok(Caller {
+                Ok(Caller::Token(TokenCaller {
                     credential,
                     org,
                     app,
-                    key_id: None,
                     subject: v.subject,
                     scopes: v.scopes,
-                    environment: None,
-                    issuer: Some(v.issuer_name),
-                })
+                    issuer: v.issuer_name,
+                }))
             }
         }
     }
@@ -253,37 +242,13 @@ impl Policy for Auth {
             req.headers.remove(header::AUTHORIZATION);
             req.headers.remove(&idh::X_API_KEY);
         }
-        ctx.caller = Some(Arc::new(caller));
+        ctx.caller = Some(caller);
         Flow::Continue
     }
 
     fn upstream_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) {
-        let Some(caller) = &ctx.caller else { return };
-        let h = &mut req.headers;
-        let mut set = |name: &http::HeaderName, value: &str| {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                h.insert(name.clone(), v);
-            }
-        };
-        set(&idh::CREDENTIAL, caller.credential.as_str());
-        if let Some(org) = &caller.org {
-            set(&idh::ORG, org);
+        if let Some(caller) = &ctx.caller {
+            caller.write_headers(&mut req.headers);
         }
-        if let Some(app) = &caller.app {
-            set(&idh::APP, app);
-        }
-        if let Some(key) = &caller.key_id {
-            set(&idh::KEY_ID, key.as_str());
-        }
-        if let Some(sub) = &caller.subject {
-            set(&idh::SUBJECT, sub);
-        }
-        if let Some(env) = caller.environment {
-            set(&idh::ENVIRONMENT, env.as_str());
-        }
-        if let Some(iss) = &caller.issuer {
-            set(&idh::ISSUER, iss);
-        }
-        set(&idh::SCOPES, &caller.scopes.join(" "));
     }
 }

@@ -28,7 +28,7 @@ pub struct RequestCtx {
     /// The CORS origin to echo on the response, set by the CORS policy.
     pub cors_origin: Option<HeaderValue>,
     /// Who is calling, once the `auth` policy verified a credential.
-    pub caller: Option<Arc<tollgate_identity::authn::Caller>>,
+    pub caller: Option<tollgate_identity::authn::Caller>,
     /// Free-form typed state for policies that need more.
     pub extensions: http::Extensions,
 }

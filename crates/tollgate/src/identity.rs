@@ -210,8 +210,8 @@ impl IdentitySync {
                 seq = c.seq;
             }
             if signing_keys_changed && let Some(oauth) = &self.oauth {
-                let snap = self.store.identity_snapshot().await?;
-                oauth.set_signing_keys(&signing_material(snap.signing_keys));
+                let keys = self.store.signing_key_material().await?;
+                oauth.set_signing_keys(&signing_material(keys));
             }
         }
     }
