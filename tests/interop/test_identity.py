@@ -106,14 +106,15 @@ def b64url(data: bytes) -> str:
 
 
 def poll(what: str, fn, limit: float = 5.0, every: float = 0.05):
-    """Calls `fn` until it returns a true value; fails after `limit` seconds
-    with the last value (or exception) it saw."""
+    """Calls `fn` until it returns something other than None or False (a
+    4xx `requests.Response` is falsy, so truthiness is not used); fails after
+    `limit` seconds with the last value (or exception) it saw."""
     end = time.monotonic() + limit
     last: object = None
     while True:
         try:
             value = fn()
-            if value:
+            if value is not None and value is not False:
                 return value
             last = value
         except requests.RequestException as e:
@@ -698,11 +699,31 @@ def test_oauth(g: Gateway, ident: Identity) -> None:
         check(e.error == "invalid_scope", "scope the client lacks -> invalid_scope", f"{e.error}: {e.description}")
     ok("requesting a scope the client lacks -> Authlib OAuthError invalid_scope")
 
+    # The same errors on the wire (RFC 6749 5.1, 5.2): no-store on token
+    # responses, 401 with a Basic challenge for failed Basic authentication.
+    r = g.http.post(meta["token_endpoint"], data={"grant_type": "client_credentials"}, auth=(ident.client_id, ident.client_secret), timeout=TIMEOUT)
+    check(r.status_code == 200 and "no-store" in r.headers.get("cache-control", ""), "token response has Cache-Control: no-store", describe(r))
+    r = g.http.post(meta["token_endpoint"], data={"grant_type": "client_credentials"}, auth=(ident.client_id, "tgcs_wrong"), timeout=TIMEOUT)
+    check(
+        r.status_code == 401 and r.json().get("error") == "invalid_client" and r.headers.get("www-authenticate", "").lower().startswith("basic"),
+        "failed client_secret_basic -> 401 invalid_client with WWW-Authenticate: Basic",
+        describe(r),
+    )
+    r = g.http.post(meta["token_endpoint"], data={"grant_type": "password", "username": "u", "password": "p"}, auth=(ident.client_id, ident.client_secret), timeout=TIMEOUT)
+    check(r.status_code == 400 and r.json().get("error") == "unsupported_grant_type", "password grant -> unsupported_grant_type", describe(r))
+    ok("token endpoint on the wire: no-store, 401 + Basic challenge, unsupported_grant_type")
+
     # RFC 9068: the access token verifies against the published JWKS.
     token = tokens["client_secret_basic"]
     header = jwt.get_unverified_header(token)
-    check(header.get("typ", "").lower() in ("at+jwt", "application/at+jwt"), "access token typ at+jwt", header)
+    check(header.get("typ") == "at+jwt", "access token typ at+jwt", header)
     check(header.get("alg") == "ES256" and header.get("kid"), "access token alg ES256 with a kid", header)
+    r = g.http.get(meta["jwks_uri"], timeout=TIMEOUT)
+    check(r.status_code == 200 and r.headers.get("content-type", "").startswith("application/json"), "JWKS answers JSON", describe(r))
+    published = r.json().get("keys", [])
+    check(any(k.get("kid") == header["kid"] for k in published), "the JWKS publishes the token's kid", published)
+    private = {"d", "p", "q", "dp", "dq", "qi", "k"}
+    check(not any(private & set(k) for k in published), "the JWKS holds public keys only", published)
     jwk_client = jwt.PyJWKClient(meta["jwks_uri"], cache_keys=False)
     signing_key = jwk_client.get_signing_key_from_jwt(token)
     claims = jwt.decode(
@@ -737,6 +758,31 @@ def test_oauth(g: Gateway, ident: Identity) -> None:
     r = s.introspect_token(meta["introspection_endpoint"], token="not-a-token", timeout=TIMEOUT)
     check(r.status_code == 200 and r.json().get("active") is False, "introspecting garbage -> active: false", describe(r))
     ok("introspecting a non-token -> active: false")
+
+    # Another client can neither introspect nor revoke this client's token.
+    other = g.admin_call("POST", f"/orgs/{ident.org}/apps/{ident.app}/oauth-clients", {"name": "other", "scopes": ["orders:read"]}, 201)
+    other_id, other_secret = other["client"]["id"], other["client_secret"]
+
+    def other_session():
+        s2 = OAuth2Session(client_id=other_id, client_secret=other_secret, token_endpoint_auth_method="client_secret_basic")
+        s2.trust_env = False
+        return s2
+
+    def other_known():
+        try:
+            return other_session().fetch_token(meta["token_endpoint"], grant_type="client_credentials")
+        except OAuthError as e:
+            if e.error == "invalid_client":
+                return None
+            raise
+
+    poll("the second OAuth client reaches the gateway", other_known)
+    r = other_session().introspect_token(meta["introspection_endpoint"], token=token, timeout=TIMEOUT)
+    check(r.status_code == 200 and r.json() == {"active": False}, "another client introspecting the token -> active: false only", describe(r))
+    r = other_session().revoke_token(meta["revocation_endpoint"], token=token, timeout=TIMEOUT)
+    check(r.status_code == 200, "another client revoking the token -> 200 (RFC 7009 2.2)", describe(r))
+    echoed(g.get_bearer("/oauth/orders", token), "the token after another client tried to revoke it")
+    ok("another client's introspection says active: false, and its revocation has no effect")
 
     # RFC 7009 revocation, then the gateway refuses the token within 1 s.
     r = s.revoke_token(meta["revocation_endpoint"], token=token, token_type_hint="access_token", timeout=TIMEOUT)

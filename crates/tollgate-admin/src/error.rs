@@ -22,6 +22,10 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A failure on our side that the caller cannot fix (the random
+    /// generator, a blocking task). The message is logged, never sent.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -40,6 +44,9 @@ impl ApiError {
             ApiError::Invalid(errors) => Problem::new(ErrorCode::ValidationFailed)
                 .detail(summary(errors))
                 .with_errors(errors.clone()),
+            ApiError::Internal(_) => {
+                Problem::new(ErrorCode::Internal).detail("internal error; see the server log")
+            }
             ApiError::Store(e) => match e {
                 StoreError::NotFound { .. } => {
                     Problem::new(ErrorCode::NotFound).detail(e.to_string())
@@ -76,6 +83,9 @@ impl IntoResponse for ApiError {
             )
         {
             tracing::error!(error = %e, "admin request failed in the store");
+        }
+        if let ApiError::Internal(message) = &self {
+            tracing::error!(error = %message, "admin request failed");
         }
         let mut res = problem_response(&self.problem());
         if matches!(self, ApiError::Unauthorized) {

@@ -1,7 +1,11 @@
 //! Tollgate's admin API: the control plane's HTTP surface.
 //!
-//! One file per resource ([`services`], [`routes`], [`policies`], [`config`])
-//! holds its `router()`, its handlers and their OpenAPI annotations. Input is
+//! One file per resource ([`services`], [`routes`], [`policies`], [`config`];
+//! for identity [`orgs`], [`users`], [`members`], [`apps`], [`keys`],
+//! [`oauth_clients`], [`jwt_issuers`] and [`signing_keys`]) holds its
+//! `router()`, its handlers and their OpenAPI annotations. Credentials are
+//! issued by [`issue`], which the `tollgate` CLI calls too; [`permissions`]
+//! holds the member roles' rules. Input is
 //! read by validated extractors ([`extract`]) and every error becomes an RFC
 //! 9457 problem in one place ([`error`]). Requests need `Authorization:
 //! Bearer <admin token>`, except `/healthz`, `/readyz` and `/openapi.json`.
@@ -13,15 +17,26 @@ use std::sync::Arc;
 use axum::Router;
 use tollgate_store::Store;
 
+pub mod apps;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod issue;
+pub mod jwt_issuers;
+pub mod keys;
+pub mod members;
+pub mod oauth_clients;
 pub mod openapi;
+pub mod orgs;
+pub mod permissions;
 pub mod policies;
 pub mod routes;
 pub mod services;
+pub mod signing_keys;
 pub mod status;
+pub mod tenancy;
+pub mod users;
 
 pub use error::ApiError;
 pub use status::NodeStatus;
@@ -45,6 +60,14 @@ pub fn router(state: AdminState) -> Router {
         .merge(routes::router())
         .merge(policies::router())
         .merge(config::router())
+        .merge(orgs::router())
+        .merge(users::router())
+        .merge(members::router())
+        .merge(apps::router())
+        .merge(keys::router())
+        .merge(oauth_clients::router())
+        .merge(jwt_issuers::router())
+        .merge(signing_keys::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,

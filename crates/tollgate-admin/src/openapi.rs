@@ -9,13 +9,21 @@ use crate::AdminState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Tollgate admin API", description = "Configure Tollgate: services, routes, policies and the declarative configuration. Every error is an RFC 9457 problem with a stable `code`."),
+    info(title = "Tollgate admin API", description = "Configure Tollgate: services, routes, policies, the declarative configuration, and identity (organizations, users, apps and their credentials). Every error is an RFC 9457 problem with a stable `code`."),
     paths(
         crate::status::healthz, crate::status::readyz,
         crate::services::list, crate::services::create, crate::services::read, crate::services::replace, crate::services::patch, crate::services::remove,
         crate::routes::list, crate::routes::list_for_service, crate::routes::create, crate::routes::read, crate::routes::replace, crate::routes::patch, crate::routes::remove,
         crate::policies::list, crate::policies::create, crate::policies::read, crate::policies::replace, crate::policies::remove,
         crate::config::export, crate::config::apply, crate::config::diff,
+        crate::orgs::list, crate::orgs::create, crate::orgs::read, crate::orgs::patch, crate::orgs::remove,
+        crate::users::list, crate::users::create, crate::users::read,
+        crate::members::list, crate::members::create, crate::members::read, crate::members::patch, crate::members::remove,
+        crate::apps::list, crate::apps::create, crate::apps::read, crate::apps::patch, crate::apps::remove,
+        crate::keys::list, crate::keys::create, crate::keys::read, crate::keys::patch, crate::keys::revoke, crate::keys::rotate,
+        crate::oauth_clients::list, crate::oauth_clients::create, crate::oauth_clients::read, crate::oauth_clients::reset_secret, crate::oauth_clients::revoke,
+        crate::jwt_issuers::list, crate::jwt_issuers::read, crate::jwt_issuers::put, crate::jwt_issuers::remove,
+        crate::signing_keys::list, crate::signing_keys::read, crate::signing_keys::rotate,
     ),
     components(schemas(tollgate_core::problem::Problem, tollgate_core::problem::ErrorCode, tollgate_core::problem::FieldError)),
     modifiers(&BearerAuth),
@@ -25,6 +33,14 @@ use crate::AdminState;
         (name = "routes", description = "Matching rules that send requests to a service"),
         (name = "policies", description = "Gateway behaviours attached globally, to a service or to a route"),
         (name = "config", description = "The declarative configuration as a whole"),
+        (name = "organizations", description = "Tenants: they own members and apps"),
+        (name = "users", description = "People, who join organizations as members"),
+        (name = "members", description = "Who belongs to an organization, with which role"),
+        (name = "apps", description = "An organization's applications: the identities the gateway sees"),
+        (name = "api keys", description = "An app's API keys; a key's secret is shown once"),
+        (name = "oauth clients", description = "An app's OAuth2 clients (client credentials); a secret is shown once"),
+        (name = "jwt issuers", description = "External identity providers whose JWTs the gateway trusts"),
+        (name = "signing keys", description = "The keys Tollgate's OAuth server signs access tokens with"),
         (name = "status", description = "Liveness and readiness"),
     )
 )]

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tollgate_core::identity::KeyEnvironment;
+use tollgate_core::ids::{AppId, KeyId};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +52,165 @@ pub enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Organizations (tenants), written straight to the store.
+    Orgs {
+        #[command(subcommand)]
+        command: OrgsCommand,
+    },
+    /// An organization's apps.
+    Apps {
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
+    /// An app's API keys. A key's secret is printed once, when it is made.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// An app's OAuth2 clients. A secret is printed once, when it is made.
+    OauthClients {
+        #[command(subcommand)]
+        command: OauthClientsCommand,
+    },
+    /// The OAuth server's token signing keys.
+    SigningKeys {
+        #[command(subcommand)]
+        command: SigningKeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgsCommand {
+    /// Create an organization; prints it as JSON.
+    Create {
+        /// Unique slug: lower-case letters, digits and `-`.
+        name: String,
+        /// Shown to people; default: the name.
+        #[arg(long)]
+        display_name: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List organizations as JSON.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppsCommand {
+    /// Create an app; prints it as JSON.
+    Create {
+        /// The organization's id (`org_…`) or name.
+        #[arg(long)]
+        org: String,
+        /// Unique within the organization.
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List an organization's apps as JSON.
+    List {
+        /// The organization's id (`org_…`) or name.
+        #[arg(long)]
+        org: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key; prints it with its secret, which is not shown again.
+    Create {
+        /// The organization's id (`org_…`) or name.
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        app: AppId,
+        /// `live` or `test`.
+        #[arg(long = "env", value_name = "ENV", default_value = "live")]
+        environment: KeyEnvironment,
+        /// A scope the key grants; repeat for more.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List an app's keys as JSON (never their secrets).
+    List {
+        /// The organization's id (`org_…`) or name.
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        app: AppId,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a key for good.
+    Revoke {
+        /// The organization's id (`org_…`) or name.
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        app: AppId,
+        key: KeyId,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Replace a key; the old one keeps working for `--overlap`. Prints the
+    /// new key with its secret, which is not shown again.
+    Rotate {
+        /// The organization's id (`org_…`) or name.
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        app: AppId,
+        key: KeyId,
+        /// How long the old key keeps working, such as `24h` (at most `720h`).
+        #[arg(long)]
+        overlap: tollgate_core::Duration,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OauthClientsCommand {
+    /// Create an OAuth client; prints its client_id and secret, which is
+    /// not shown again.
+    Create {
+        /// The organization's id (`org_…`) or name.
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        app: AppId,
+        #[arg(long)]
+        name: String,
+        /// A scope the client may request; repeat for more.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigningKeysCommand {
+    /// Start signing with a new key. Older keys stay published until the
+    /// tokens they signed have expired.
+    Rotate {
+        /// Lifetime of issued access tokens, in seconds (as given to `serve`).
+        #[arg(long, env = "TOLLGATE_OAUTH_TOKEN_TTL_SECS", default_value_t = 3600)]
+        oauth_token_ttl_secs: u64,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 

@@ -1,12 +1,22 @@
-//! The one-shot commands: apply, diff, export, migrate, config validate/schema.
+//! The one-shot commands: apply, diff, export, migrate, config validate/schema,
+//! and the identity commands (orgs, apps, keys, oauth-clients, signing-keys),
+//! which write straight to the store through the same functions the admin
+//! API uses ([`tollgate_admin::issue`]).
 
 use std::io::Write;
 
 use anyhow::Context;
+use serde_json::json;
+use tollgate_admin::ApiError;
+use tollgate_admin::issue::{self, KeySpec, RotateSpec};
 use tollgate_core::config::Config;
-use tollgate_store::{ChangeSet, Op};
+use tollgate_core::ids::{AppId, OrgId};
+use tollgate_store::{ChangeSet, Listed, Op, Page, Store, StoreError};
 
-use crate::cli::{Command, ConfigCommand, Format};
+use crate::cli::{
+    AppsCommand, Command, ConfigCommand, Format, KeysCommand, OauthClientsCommand, OrgsCommand,
+    SigningKeysCommand, StoreArgs,
+};
 use crate::open_store;
 
 fn changes_text(changes: &ChangeSet, applied: bool) -> String {
@@ -100,7 +110,289 @@ pub async fn run_command(cmd: Command) -> anyhow::Result<i32> {
             let schema = serde_json::to_string_pretty(&Config::json_schema())?;
             (0, format!("{schema}\n"))
         }
+        Command::Orgs { command } => (0, orgs(command).await?),
+        Command::Apps { command } => (0, apps(command).await?),
+        Command::Keys { command } => (0, keys(command).await?),
+        Command::OauthClients { command } => (0, oauth_clients(command).await?),
+        Command::SigningKeys { command } => (0, signing_keys(command).await?),
     };
     emit(&out)?;
     Ok(code)
+}
+
+// ------------------------------------------------------------- identity
+
+/// A value as pretty JSON text with a final newline.
+fn to_json(value: serde_json::Value) -> anyhow::Result<String> {
+    Ok(format!("{}\n", serde_json::to_string_pretty(&value)?))
+}
+
+/// An admin-layer error as a CLI message: validation problems list every
+/// field; other errors keep their own text (never a secret).
+fn cli_error(e: ApiError) -> anyhow::Error {
+    match &e {
+        ApiError::Invalid(errors) | ApiError::Store(StoreError::Invalid(errors)) => {
+            let list: Vec<String> = errors
+                .iter()
+                .map(|f| {
+                    if f.path.is_empty() {
+                        f.reason.clone()
+                    } else {
+                        format!("{}: {}", f.path, f.reason)
+                    }
+                })
+                .collect();
+            anyhow::anyhow!("invalid input: {}", list.join("; "))
+        }
+        _ => anyhow::Error::new(e),
+    }
+}
+
+fn store_error(e: StoreError) -> anyhow::Error {
+    cli_error(ApiError::Store(e))
+}
+
+/// The organization named by `org`: its id (`org_…`) or its name.
+async fn resolve_org(store: &Store, org: &str) -> anyhow::Result<OrgId> {
+    let found = match org.parse::<OrgId>() {
+        Ok(id) => store.get_org(&id).await,
+        Err(_) => store.get_org_by_name(org).await,
+    };
+    match found {
+        Ok(o) => Ok(o.id),
+        Err(StoreError::NotFound { .. }) => {
+            anyhow::bail!("organization `{org}` not found (give its id or name)")
+        }
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+/// Every item of a paged list, in order.
+async fn all_pages<T, F, Fut>(mut fetch: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(Page) -> Fut,
+    Fut: std::future::Future<Output = Result<Listed<T>, StoreError>>,
+{
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = fetch(Page {
+            limit: Page::MAX_LIMIT,
+            after: after.take(),
+        })
+        .await
+        .map_err(store_error)?;
+        out.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Tells the person at the terminal that a secret is on stdout, once.
+fn secret_notice(what: &str) {
+    eprintln!("tollgate: the {what} above is shown only this once; store it now");
+}
+
+async fn orgs(cmd: OrgsCommand) -> anyhow::Result<String> {
+    match cmd {
+        OrgsCommand::Create {
+            name,
+            display_name,
+            store,
+        } => {
+            let store = open_store(&store).await?;
+            let display = display_name.as_deref().unwrap_or(&name);
+            let org = store
+                .create_org(&name, display)
+                .await
+                .map_err(store_error)?;
+            to_json(serde_json::to_value(&org)?)
+        }
+        OrgsCommand::List { store } => {
+            let store = open_store(&store).await?;
+            to_json(serde_json::to_value(
+                all_pages(|p| store.list_orgs(p)).await?,
+            )?)
+        }
+    }
+}
+
+async fn apps(cmd: AppsCommand) -> anyhow::Result<String> {
+    match cmd {
+        AppsCommand::Create {
+            org,
+            name,
+            description,
+            store,
+        } => {
+            let store = open_store(&store).await?;
+            let org = resolve_org(&store, &org).await?;
+            let app = store
+                .tenant(&org)
+                .create_app(&name, &description, Default::default())
+                .await
+                .map_err(store_error)?;
+            to_json(serde_json::to_value(&app)?)
+        }
+        AppsCommand::List { org, store } => {
+            let store = open_store(&store).await?;
+            let org = resolve_org(&store, &org).await?;
+            let tenant = store.tenant(&org);
+            to_json(serde_json::to_value(
+                all_pages(|p| tenant.list_apps(p)).await?,
+            )?)
+        }
+    }
+}
+
+/// The store and the organization of an app-scoped command.
+async fn app_scope(args: &StoreArgs, org: &str, app: &AppId) -> anyhow::Result<(Store, OrgId)> {
+    let store = open_store(args).await?;
+    let org = resolve_org(&store, org).await?;
+    store.tenant(&org).get_app(app).await.map_err(|e| match e {
+        StoreError::NotFound { .. } => {
+            anyhow::anyhow!("app `{app}` not found in organization `{org}`")
+        }
+        other => store_error(other),
+    })?;
+    Ok((store, org))
+}
+
+async fn keys(cmd: KeysCommand) -> anyhow::Result<String> {
+    match cmd {
+        KeysCommand::Create {
+            org,
+            app,
+            environment,
+            scopes,
+            name,
+            store: args,
+        } => {
+            let (store, org) = app_scope(&args, &org, &app).await?;
+            let pepper = crate::identity::pepper(&args, &store).await?;
+            let spec = KeySpec {
+                name,
+                environment,
+                scopes,
+                ..KeySpec::default()
+            };
+            let issued = issue::create_key(&store.tenant(&org), &pepper, &app, spec)
+                .await
+                .map_err(cli_error)?;
+            let out = to_json(json!({"key": issued.key, "secret": issued.secret}))?;
+            secret_notice("secret");
+            Ok(out)
+        }
+        KeysCommand::List {
+            org,
+            app,
+            store: args,
+        } => {
+            let (store, org) = app_scope(&args, &org, &app).await?;
+            let tenant = store.tenant(&org);
+            to_json(serde_json::to_value(
+                all_pages(|p| tenant.list_keys(&app, p)).await?,
+            )?)
+        }
+        KeysCommand::Revoke {
+            org,
+            app,
+            key,
+            store: args,
+        } => {
+            let (store, org) = app_scope(&args, &org, &app).await?;
+            let tenant = store.tenant(&org);
+            key_of_app(&tenant, &app, &key).await?;
+            to_json(serde_json::to_value(
+                tenant.revoke_key(&key).await.map_err(store_error)?,
+            )?)
+        }
+        KeysCommand::Rotate {
+            org,
+            app,
+            key,
+            overlap,
+            store: args,
+        } => {
+            issue::check_overlap(overlap.get()).map_err(cli_error)?;
+            let (store, org) = app_scope(&args, &org, &app).await?;
+            let pepper = crate::identity::pepper(&args, &store).await?;
+            let tenant = store.tenant(&org);
+            let old = key_of_app(&tenant, &app, &key).await?;
+            let spec = RotateSpec {
+                overlap: overlap.get(),
+                name: None,
+                scopes: None,
+                metadata: None,
+                expires_at: None,
+            };
+            let (issued, previous) = issue::rotate_key(&tenant, &pepper, &old, spec)
+                .await
+                .map_err(cli_error)?;
+            let out = to_json(json!({
+                "key": issued.key,
+                "secret": issued.secret,
+                "previous": previous,
+            }))?;
+            secret_notice("secret");
+            Ok(out)
+        }
+    }
+}
+
+/// The key, when it belongs to `app` (as the admin API checks).
+async fn key_of_app(
+    tenant: &tollgate_store::Tenant<'_>,
+    app: &AppId,
+    key: &tollgate_core::ids::KeyId,
+) -> anyhow::Result<tollgate_store::ApiKey> {
+    match tenant.get_key(key).await {
+        Ok(k) if &k.app_id == app => Ok(k),
+        Ok(_) | Err(StoreError::NotFound { .. }) => {
+            anyhow::bail!("API key `{key}` not found in app `{app}`")
+        }
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+async fn oauth_clients(cmd: OauthClientsCommand) -> anyhow::Result<String> {
+    match cmd {
+        OauthClientsCommand::Create {
+            org,
+            app,
+            name,
+            scopes,
+            store: args,
+        } => {
+            let (store, org) = app_scope(&args, &org, &app).await?;
+            let issued = issue::create_client(&store.tenant(&org), &app, &name, scopes)
+                .await
+                .map_err(cli_error)?;
+            let out = to_json(json!({
+                "client_id": issued.client.id,
+                "client_secret": issued.secret,
+                "client": issued.client,
+            }))?;
+            secret_notice("client_secret");
+            Ok(out)
+        }
+    }
+}
+
+async fn signing_keys(cmd: SigningKeysCommand) -> anyhow::Result<String> {
+    match cmd {
+        SigningKeysCommand::Rotate {
+            oauth_token_ttl_secs,
+            store,
+        } => {
+            let store = open_store(&store).await?;
+            let ttl = std::time::Duration::from_secs(oauth_token_ttl_secs);
+            let rotation = issue::rotate_signing_keys(&store, ttl)
+                .await
+                .map_err(cli_error)?;
+            to_json(serde_json::to_value(&rotation)?)
+        }
+    }
 }
