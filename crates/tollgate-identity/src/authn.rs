@@ -171,6 +171,9 @@ pub struct Authenticator {
     issuers: Arc<Issuers>,
     /// Revoked platform token ids and when they would expire (unix s).
     revoked: RwLock<HashMap<String, i64>>,
+    /// OAuth clients that exist and are not revoked: a platform token of any
+    /// other client (revoked, deleted, or of a deleted organization) fails.
+    live_clients: RwLock<std::collections::HashSet<String>>,
 }
 
 impl Authenticator {
@@ -179,6 +182,7 @@ impl Authenticator {
             keys: KeyRing::new(pepper),
             issuers: Issuers::new(),
             revoked: RwLock::new(HashMap::new()),
+            live_clients: RwLock::new(std::collections::HashSet::new()),
         })
     }
 
@@ -200,6 +204,29 @@ impl Authenticator {
         let mut set = self.revoked.write().unwrap_or_else(|e| e.into_inner());
         set.retain(|_, exp| *exp >= now);
         set.insert(jti, expires_at);
+    }
+
+    /// Replaces the set of live OAuth client ids.
+    pub fn set_live_clients(&self, ids: impl IntoIterator<Item = String>) {
+        *self.live_clients.write().unwrap_or_else(|e| e.into_inner()) = ids.into_iter().collect();
+    }
+
+    /// Marks one client live or gone.
+    pub fn set_client_live(&self, id: &str, live: bool) {
+        let mut set = self.live_clients.write().unwrap_or_else(|e| e.into_inner());
+        if live {
+            set.insert(id.to_owned());
+        } else {
+            set.remove(id);
+        }
+    }
+
+    /// Whether a platform token issued to `client_id` may still be used.
+    pub fn client_is_live(&self, client_id: &str) -> bool {
+        self.live_clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(client_id)
     }
 
     pub fn is_revoked(&self, jti: &str) -> bool {

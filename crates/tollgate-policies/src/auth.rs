@@ -145,6 +145,10 @@ impl Auth {
                     if v.jti.as_deref().is_none_or(|j| self.authn.is_revoked(j)) {
                         return Err("the access token has been revoked".into());
                     }
+                    let client = v.claims.get("client_id").and_then(|c| c.as_str());
+                    if !client.is_some_and(|c| self.authn.client_is_live(c)) {
+                        return Err("the access token's client no longer exists".into());
+                    }
                     CredentialType::Oauth
                 } else {
                     if !jwt {

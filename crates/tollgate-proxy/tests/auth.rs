@@ -478,6 +478,18 @@ async fn client_credentials_tokens_work_through_the_gateway_and_carry_the_app() 
         )
         .await;
     assert_eq!(r.problem(401), "credential_invalid");
+    // A revoked or deleted client's tokens stop working with it.
+    f.gw.gw.oauth().expect("oauth").remove_client(&f.client_id);
+    let r = client()
+        .request(
+            "GET",
+            &f.gw.url("/read"),
+            &[("authorization", &bearer)],
+            empty(),
+        )
+        .await;
+    assert_eq!(r.problem(401), "credential_invalid");
+    assert!(r.json()["detail"].as_str().unwrap_or("").contains("client"));
 }
 
 fn jsonwebtoken_header(token: &str) -> Value {

@@ -51,6 +51,11 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Bytes>
 /// An error answer, boxed: the happy path carries no large `Err` variant.
 type Rejection = Box<Response<Bytes>>;
 
+/// The scope tokens of a `scope` parameter (space-separated, RFC 6749 3.3).
+fn requested_scopes(raw: &str) -> impl Iterator<Item = &str> {
+    raw.split(' ').filter(|s| !s.is_empty())
+}
+
 /// [`oauth_error`], boxed for an `Err`.
 fn reject(status: StatusCode, error: &str, description: &str) -> Rejection {
     Box::new(oauth_error(status, error, description))
@@ -291,13 +296,15 @@ impl OAuthServer {
                 ));
             }
         }
-        let scopes: Vec<String> = match form.get("scope")? {
-            Some(requested) => {
-                let requested: Vec<String> = requested
-                    .split(' ')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect();
+        // An empty `scope` is the same as none: the client's default grant.
+        let scopes: Vec<String> = match form.get("scope")?.filter(|s| !s.trim().is_empty()) {
+            Some(raw) => {
+                let mut requested: Vec<String> = Vec::new();
+                for s in requested_scopes(raw) {
+                    if !requested.iter().any(|r| r == s) {
+                        requested.push(s.to_owned());
+                    }
+                }
                 if let Some(s) = requested.iter().find(|s| !client.scopes.contains(s)) {
                     return Err(reject(
                         StatusCode::BAD_REQUEST,

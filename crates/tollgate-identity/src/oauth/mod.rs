@@ -151,10 +151,12 @@ impl OAuthServer {
 
     /// Replaces every client.
     pub fn set_clients(&self, clients: impl IntoIterator<Item = ClientEntry>) {
-        let map = clients
+        let map: HashMap<ClientId, Arc<ClientEntry>> = clients
             .into_iter()
             .map(|c| (c.id.clone(), Arc::new(c)))
             .collect();
+        self.authn
+            .set_live_clients(map.keys().map(|id| id.to_string()));
         *self.clients.write().unwrap_or_else(|e| e.into_inner()) = map;
         lock(&self.verified).clear();
     }
@@ -162,6 +164,7 @@ impl OAuthServer {
     /// Adds or replaces one client (a new secret forgets the cached check).
     pub fn upsert_client(&self, client: ClientEntry) {
         lock(&self.verified).remove(&client.id);
+        self.authn.set_client_live(client.id.as_str(), true);
         self.clients
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -170,6 +173,7 @@ impl OAuthServer {
 
     pub fn remove_client(&self, id: &ClientId) {
         lock(&self.verified).remove(id);
+        self.authn.set_client_live(id.as_str(), false);
         self.clients
             .write()
             .unwrap_or_else(|e| e.into_inner())
