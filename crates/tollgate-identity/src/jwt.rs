@@ -24,7 +24,9 @@ pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// `VerifiedToken::issuer_name` of tokens from the platform issuer.
 pub const PLATFORM_NAME: &str = "tollgate";
 /// The claim platform tokens carry the organization in.
-pub const PLATFORM_ORG_CLAIM: &str = "org";
+pub const PLATFORM_ORG_CLAIM: &str = "org_id";
+/// The claim of platform tokens naming the app.
+pub const PLATFORM_APP_CLAIM: &str = "app_id";
 
 /// Why a token was refused. `Display` is a short message that is safe to
 /// show the client: it never contains the token or key material.
@@ -493,6 +495,7 @@ impl Platform {
             keys: p.keys.into_iter().collect(),
             claims: ClaimMapping {
                 organization: Some(PLATFORM_ORG_CLAIM.to_owned()),
+                app: PLATFORM_APP_CLAIM.to_owned(),
                 ..ClaimMapping::default()
             },
         }

@@ -710,7 +710,8 @@ async fn platform_tokens_need_typ_at_jwt() {
         leeway: Duration::from_secs(0),
     }));
     let c = json!({"iss": "https://gw.example", "aud": "tollgate", "exp": now() + 60,
-                   "client_id": "cli_1", "scope": "a b", "org": "org_1", "sub": "cli_1"});
+                   "client_id": "cli_1", "scope": "a b", "org_id": "org_1", "app_id": "app_1",
+                   "sub": "cli_1"});
     let mint = |key: &Key, typ: Option<&str>, kid: Option<&str>, claims: &Value| {
         let mut header = key.header();
         (header.typ, header.kid) = (typ.map(str::to_owned), kid.map(str::to_owned));
@@ -721,7 +722,7 @@ async fn platform_tokens_need_typ_at_jwt() {
         let v = issuers.verify(&token(Some(typ), Some("sgk_1")), &[]).await;
         let v = v.unwrap();
         assert_eq!((&*v.issuer_name, v.platform), ("tollgate", true));
-        assert_eq!(summary(&v), "sub=cli_1 app=cli_1 org=org_1 scopes=a,b");
+        assert_eq!(summary(&v), "sub=cli_1 app=app_1 org=org_1 scopes=a,b");
     }
     let valid = token(Some("at+jwt"), Some("sgk_1"));
     let only_ext = ["ext".to_string()];

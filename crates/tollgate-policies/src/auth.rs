@@ -156,17 +156,10 @@ impl Auth {
                     }
                     CredentialType::Jwt
                 };
-                let (org, app) = if v.platform {
-                    let claim =
-                        |n: &str| v.claims.get(n).and_then(|c| c.as_str()).map(str::to_owned);
-                    (claim("org_id"), claim("app_id"))
-                } else {
-                    (v.organization, v.app)
-                };
                 Ok(Caller::Token(TokenCaller {
                     credential,
-                    org,
-                    app,
+                    org: v.organization,
+                    app: v.app,
                     subject: v.subject,
                     scopes: v.scopes,
                     issuer: v.issuer_name,
