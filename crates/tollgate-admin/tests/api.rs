@@ -1,26 +1,13 @@
 //! The admin API over a real socket, on SQLite and PostgreSQL.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tollgate_admin::auth::hash_token;
-use tollgate_admin::{AdminState, NodeStatus};
-use tollgate_store::Store;
 
-const TOKEN: &str = "test-admin-token-0123456789";
+mod common;
 
-struct Api {
-    addr: SocketAddr,
-    client: Client<HttpConnector, Full<Bytes>>,
-    status: Arc<NodeStatus>,
-}
+use common::*;
 
 /// One bad request: method, path, content type, body, expected status and code.
 type Case = (
@@ -32,92 +19,12 @@ type Case = (
     &'static str,
 );
 
-struct Reply {
-    status: StatusCode,
-    headers: hyper::HeaderMap,
-    text: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
-    }
-    fn code(&self) -> String {
-        assert_eq!(
-            self.headers["content-type"], "application/problem+json",
-            "{}",
-            self.text
-        );
-        self.json()["code"].as_str().expect("code").to_owned()
-    }
-}
-
 impl Api {
-    async fn start(store: Store) -> Api {
-        store
-            .add_admin_token(&hash_token(TOKEN), "test")
-            .await
-            .expect("token");
-        let status = Arc::new(NodeStatus::default());
-        status.store_reachable(store.revision().await.expect("revision"));
-        let app = tollgate_admin::router(AdminState {
-            store,
-            status: status.clone(),
-            pepper: tollgate_identity::apikey::Pepper::new(&[3u8; 32]).expect("pepper"),
-            token_ttl: std::time::Duration::from_secs(3600),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-        Api {
-            addr,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            status,
-        }
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        ct: Option<&str>,
-        body: &str,
-        auth: Option<&str>,
-    ) -> Reply {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.addr));
-        if let Some(ct) = ct {
-            b = b.header("content-type", ct);
-        }
-        if let Some(token) = auth {
-            b = b.header("authorization", format!("Bearer {token}"));
-        }
-        let res = self
-            .client
-            .request(
-                b.body(Full::new(Bytes::from(body.to_owned())))
-                    .expect("request"),
-            )
-            .await
-            .expect("response");
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = res.into_body().collect().await.expect("body").to_bytes();
-        Reply {
-            status,
-            headers,
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-        }
-    }
-
     async fn get(&self, path: &str) -> Reply {
-        self.call(Method::GET, path, None, "", Some(TOKEN)).await
+        self.call_as(Method::GET, path, None, "", Some(TOKEN)).await
     }
     async fn send(&self, method: Method, path: &str, body: Value) -> Reply {
-        self.call(
+        self.call_as(
             method,
             path,
             Some("application/json"),
@@ -131,14 +38,14 @@ impl Api {
 tollgate_store::backend_tests! {
     async fn authentication_is_required(store) {
         let api = Api::start(store).await;
-        let r = api.call(Method::GET, "/services", None, "", None).await;
+        let r = api.call_as(Method::GET, "/services", None, "", None).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         assert_eq!(r.code(), "unauthorized");
         assert!(r.headers["www-authenticate"].to_str().expect("ascii").starts_with("Bearer"));
-        let r = api.call(Method::GET, "/services", None, "", Some("wrong-token")).await;
+        let r = api.call_as(Method::GET, "/services", None, "", Some("wrong-token")).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         for open in ["/healthz", "/readyz", "/openapi.json"] {
-            assert_eq!(api.call(Method::GET, open, None, "", None).await.status, StatusCode::OK, "{open}");
+            assert_eq!(api.call_as(Method::GET, open, None, "", None).await.status, StatusCode::OK, "{open}");
         }
     }
 
@@ -183,7 +90,7 @@ tollgate_store::backend_tests! {
         let r = api.get(&format!("/policies?route_id={route}")).await;
         assert_eq!(r.json()["items"].as_array().expect("items").len(), 1);
 
-        assert_eq!(api.call(Method::DELETE, &format!("/services/{svc}"), None, "", Some(TOKEN)).await.status, StatusCode::NO_CONTENT);
+        assert_eq!(api.call_as(Method::DELETE, &format!("/services/{svc}"), None, "", Some(TOKEN)).await.status, StatusCode::NO_CONTENT);
         let r = api.get(&format!("/routes/{route}")).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND);
         assert_eq!(r.code(), "not_found");
@@ -213,7 +120,7 @@ tollgate_store::backend_tests! {
             (Method::PUT, "/config", Some("application/yaml"), "services: [", StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
         ];
         for (method, path, ct, body, status, code) in cases {
-            let r = api.call(method.clone(), path, ct, body, Some(TOKEN)).await;
+            let r = api.call_as(method.clone(), path, ct, body, Some(TOKEN)).await;
             assert_eq!(r.status, status, "{method} {path} {body}: {}", r.text);
             assert_eq!(r.code(), code, "{method} {path} {body}");
         }
@@ -254,12 +161,12 @@ tollgate_store::backend_tests! {
     async fn declarative_config_round_trips(store) {
         let api = Api::start(store).await;
         let yaml = "services:\n  - name: orders\n    url: http://127.0.0.1:9000\n    routes:\n      - name: orders\n        paths: [/orders]\n";
-        let r = api.call(Method::POST, "/config/diff", Some("application/yaml"), yaml, Some(TOKEN)).await;
+        let r = api.call_as(Method::POST, "/config/diff", Some("application/yaml"), yaml, Some(TOKEN)).await;
         assert_eq!(r.json()["changes"].as_array().expect("changes").len(), 2);
         assert_eq!(api.get("/services").await.json()["items"].as_array().expect("items").len(), 0, "diff writes nothing");
-        let r = api.call(Method::PUT, "/config", Some("application/yaml"), yaml, Some(TOKEN)).await;
+        let r = api.call_as(Method::PUT, "/config", Some("application/yaml"), yaml, Some(TOKEN)).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        let exported = api.call(Method::GET, "/config", None, "", Some(TOKEN)).await;
+        let exported = api.call_as(Method::GET, "/config", None, "", Some(TOKEN)).await;
         assert_eq!(exported.headers["content-type"], "application/json");
         let rev = exported.headers["tollgate-config-revision"].to_str().expect("rev").to_owned();
         let yaml_out = {
@@ -268,30 +175,30 @@ tollgate_store::backend_tests! {
             let res = api.client.request(b.body(Full::new(Bytes::new())).expect("req")).await.expect("res");
             String::from_utf8(res.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("utf8")
         };
-        let r = api.call(Method::PUT, "/config", Some("application/yaml"), &yaml_out, Some(TOKEN)).await;
+        let r = api.call_as(Method::PUT, "/config", Some("application/yaml"), &yaml_out, Some(TOKEN)).await;
         assert_eq!(r.json()["changes"].as_array().expect("changes").len(), 0, "export then apply changes nothing");
-        let again = api.call(Method::GET, "/config", None, "", Some(TOKEN)).await;
+        let again = api.call_as(Method::GET, "/config", None, "", Some(TOKEN)).await;
         assert_eq!(again.headers["tollgate-config-revision"].to_str().expect("rev"), rev, "a no-op apply does not bump the revision");
         assert_eq!(again.text, exported.text);
         // A broken document changes nothing.
-        let r = api.call(Method::PUT, "/config", Some("application/yaml"), "services: [{name: orders, url: 'http://x:1', routes: [{name: r, paths: [nope]}]}]", Some(TOKEN)).await;
+        let r = api.call_as(Method::PUT, "/config", Some("application/yaml"), "services: [{name: orders, url: 'http://x:1', routes: [{name: r, paths: [nope]}]}]", Some(TOKEN)).await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(r.json()["errors"][0]["path"], "services[0].routes[0].paths[0]");
-        assert_eq!(api.call(Method::GET, "/config", None, "", Some(TOKEN)).await.text, exported.text);
+        assert_eq!(api.call_as(Method::GET, "/config", None, "", Some(TOKEN)).await.text, exported.text);
     }
 
     async fn readiness_reports_the_store(store) {
         let api = Api::start(store).await;
-        let r = api.call(Method::GET, "/readyz", None, "", None).await;
+        let r = api.call_as(Method::GET, "/readyz", None, "", None).await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.json()["status"], "ready");
         assert!(api.status.store_unreachable("connection refused".into()));
         assert!(!api.status.store_unreachable("connection refused".into()), "an incident starts once");
-        let r = api.call(Method::GET, "/readyz", None, "", None).await;
+        let r = api.call_as(Method::GET, "/readyz", None, "", None).await;
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.code(), "store_unavailable");
         assert!(r.json()["detail"].as_str().expect("detail").contains("last good configuration"));
-        assert_eq!(api.call(Method::GET, "/healthz", None, "", None).await.status, StatusCode::OK);
+        assert_eq!(api.call_as(Method::GET, "/healthz", None, "", None).await.status, StatusCode::OK);
     }
 }
 
@@ -299,7 +206,9 @@ tollgate_store::backend_tests! {
 async fn openapi_document_is_served() {
     let (store, _dir) = tollgate_store::testing::sqlite_store().await;
     let api = Api::start(store).await;
-    let r = api.call(Method::GET, "/openapi.json", None, "", None).await;
+    let r = api
+        .call_as(Method::GET, "/openapi.json", None, "", None)
+        .await;
     assert_eq!(r.text, tollgate_admin::openapi::document());
     let doc = r.json();
     assert!(doc["paths"]["/services/{id}"]["patch"].is_object());

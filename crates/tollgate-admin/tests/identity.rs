@@ -3,50 +3,16 @@
 //! clients, JWT issuers and signing keys; secrets shown once; tenant
 //! isolation; and client mistakes answered with 4xx problems.
 
-use std::net::SocketAddr;
-
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
-use tollgate_admin::auth::hash_token;
-use tollgate_admin::{AdminState, NodeStatus};
 use tollgate_identity::apikey::Pepper;
-use tollgate_store::Store;
 
-const TOKEN: &str = "test-admin-token-0123456789";
-const PEPPER: [u8; 32] = [3u8; 32];
-const TOKEN_TTL_SECS: i64 = 3600;
+mod common;
 
-struct Api {
-    addr: SocketAddr,
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: hyper::HeaderMap,
-    text: String,
-}
+use common::*;
 
 impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
-    }
-    /// The problem's `code`, after checking the content type.
-    fn code(&self) -> String {
-        assert_eq!(
-            self.headers["content-type"], "application/problem+json",
-            "{}",
-            self.text
-        );
-        self.json()["code"].as_str().expect("code").to_owned()
-    }
     fn expect(self, status: StatusCode) -> Value {
         assert_eq!(self.status, status, "{}", self.text);
         self.json()
@@ -76,54 +42,8 @@ fn ids(v: &Value) -> Vec<String> {
 }
 
 impl Api {
-    async fn start(store: Store) -> Api {
-        store
-            .add_admin_token(&hash_token(TOKEN), "test")
-            .await
-            .expect("token");
-        let status = std::sync::Arc::new(NodeStatus::default());
-        status.store_reachable(store.revision().await.expect("revision"));
-        let app = tollgate_admin::router(AdminState {
-            store,
-            status,
-            pepper: Pepper::new(&PEPPER).expect("pepper"),
-            token_ttl: std::time::Duration::from_secs(TOKEN_TTL_SECS as u64),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-        Api {
-            addr,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
-    }
-
     async fn call(&self, method: Method, path: &str, ct: Option<&str>, body: &str) -> Reply {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.addr))
-            .header("authorization", format!("Bearer {TOKEN}"));
-        if let Some(ct) = ct {
-            b = b.header("content-type", ct);
-        }
-        let res = self
-            .client
-            .request(
-                b.body(Full::new(Bytes::from(body.to_owned())))
-                    .expect("request"),
-            )
-            .await
-            .expect("response");
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = res.into_body().collect().await.expect("body").to_bytes();
-        Reply {
-            status,
-            headers,
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        self.call_as(method, path, ct, body, Some(TOKEN)).await
     }
 
     async fn get(&self, path: &str) -> Reply {
