@@ -19,9 +19,14 @@ use crate::duration::Duration;
 use crate::problem::FieldError;
 
 mod identity;
+mod traffic;
 mod validate;
 
 pub use identity::{AuthConfig, ClaimMapping, JwtAlgorithm, JwtIssuerSpec, KeySource};
+pub use traffic::{
+    Algorithm, ConcurrencySpec, FailureMode, LimitBy, LimitSpec, Period, PlanLimits, PlanSpec,
+    Pricing, RateLimitConfig, SubscriptionMode, check_timezone,
+};
 pub use validate::{PathPattern, Segment, parse_path_pattern};
 
 /// A whole declarative configuration: services with their routes, and the
@@ -41,6 +46,9 @@ pub struct Config {
     /// External JWT issuers the `auth` policy trusts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jwt_issuers: Vec<JwtIssuerSpec>,
+    /// Plans that subscriptions bind organizations, apps and keys to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plans: Vec<PlanSpec>,
 }
 
 fn default_format_version() -> u32 {
@@ -54,6 +62,7 @@ impl Default for Config {
             services: Vec::new(),
             policies: Vec::new(),
             jwt_issuers: Vec::new(),
+            plans: Vec::new(),
         }
     }
 }
@@ -451,6 +460,8 @@ pub enum PolicySpec {
     RequestSizeLimit(RequestSizeLimitConfig),
     /// Require a credential (API key, JWT or OAuth token) and scopes.
     Auth(AuthConfig),
+    /// Rate limits, quotas and concurrency caps, and the caller's plan.
+    RateLimit(RateLimitConfig),
     /// Change the headers sent upstream.
     RequestTransformer(HeaderTransform),
     /// Change the headers sent back to the client.
@@ -465,6 +476,7 @@ impl PolicySpec {
             PolicySpec::IpRestriction(_) => "ip_restriction",
             PolicySpec::RequestSizeLimit(_) => "request_size_limit",
             PolicySpec::Auth(_) => "auth",
+            PolicySpec::RateLimit(_) => "rate_limit",
             PolicySpec::RequestTransformer(_) => "request_transformer",
             PolicySpec::ResponseTransformer(_) => "response_transformer",
         }
@@ -700,6 +712,25 @@ impl Config {
                 );
             }
             identity::issuer(iss, &at, &mut errs);
+        }
+        let mut plan_names = BTreeSet::new();
+        for (i, plan) in self.plans.iter().enumerate() {
+            let at = format!("plans[{i}]");
+            if !plan_names.insert(plan.name.as_str()) {
+                errs.push(
+                    format!("{at}.name"),
+                    format!("duplicate plan name `{}`", plan.name),
+                );
+            }
+            traffic::plan(plan, &at, &mut errs);
+            for (j, api) in plan.apis.iter().enumerate() {
+                if !service_names.contains(api.as_str()) {
+                    errs.push(
+                        format!("{at}.apis[{j}]"),
+                        format!("no service is named `{api}`"),
+                    );
+                }
+            }
         }
         errs.finish()
     }

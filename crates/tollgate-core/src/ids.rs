@@ -156,6 +156,10 @@ typed_id!(
     /// Identifies a platform signing key; doubles as its JWK `kid`.
     SigningKeyId, "sgk_", "signing key"
 );
+typed_id!(
+    /// Identifies a subscription: an organization, app or key bound to a plan.
+    SubscriptionId, "sub_", "subscription"
+);
 
 #[cfg(test)]
 mod tests {

@@ -427,6 +427,7 @@ pub(super) fn policies(
                 }
             }
             PolicySpec::RequestSizeLimit(_) => {}
+            PolicySpec::RateLimit(c) => super::traffic::rate_limit(c, &format!("{pat}.config"), errs),
             PolicySpec::Auth(c) => {
                 super::identity::auth(c, issuers, &format!("{pat}.config"), errs)
             }
