@@ -1,0 +1,263 @@
+//! Tollgate's traffic control: counting requests against limits.
+//!
+//! - [`algo`]: the rules (GCRA, sliding-window counter, calendar quota,
+//!   concurrency) as pure functions.
+//! - [`Limiter`]: one decision over several limits at once, all-or-nothing,
+//!   in this process ([`local::Local`], the default) or on Redis
+//!   ([`redis::Redis`], for a cluster: one atomic script per decision, on
+//!   the server's clock). It tracks backend incidents (logged once each) and
+//!   counts decisions for `/metrics`.
+//! - [`catalog`]: plans (from configuration) and subscriptions (from the
+//!   store's change feed) in memory, and which subscription a caller uses
+//!   for an API.
+
+pub mod algo;
+pub mod calendar;
+pub mod catalog;
+pub mod local;
+pub mod redis;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+pub use algo::{Rule, Status};
+pub use catalog::{Catalog, SubscriptionEntry};
+
+/// One limit to apply to a request: a counter key and its rule.
+#[derive(Debug, Clone)]
+pub struct Check<'a> {
+    /// The counter's key: `tg:{<subject>}:<limit>` (see [`key`]).
+    pub key: Cow<'a, str>,
+    pub rule: Rule,
+}
+
+/// A counter key. The subject is in braces, a Redis Cluster hash tag.
+pub fn key(subject: &str, limit: &str) -> String {
+    format!("tg:{{{subject}}}:{limit}")
+}
+
+/// The answer to one request over all its limits.
+#[derive(Debug)]
+pub struct Decision {
+    /// Whether every limit let the request pass (and so counted it).
+    pub allowed: bool,
+    /// Each limit's status, in the order of the checks.
+    pub statuses: Vec<Status>,
+    /// Concurrency slots held for this request; dropping it gives them back.
+    pub permit: Option<Permit>,
+}
+
+/// Concurrency slots held by a request in flight.
+#[derive(Debug)]
+pub struct Permit(PermitInner);
+
+enum PermitInner {
+    Local(Arc<local::Shards>, Vec<String>),
+    Redis(Option<(::redis::aio::ConnectionManager, Vec<String>, String)>),
+}
+
+impl std::fmt::Debug for PermitInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PermitInner::Local(_, k) => f.debug_tuple("Local").field(k).finish(),
+            PermitInner::Redis(_) => f.write_str("Redis"),
+        }
+    }
+}
+
+impl Permit {
+    pub(crate) fn local(shards: Arc<local::Shards>, keys: Vec<String>) -> Permit {
+        Permit(PermitInner::Local(shards, keys))
+    }
+    pub(crate) fn redis(
+        conn: ::redis::aio::ConnectionManager,
+        keys: Vec<String>,
+        member: String,
+    ) -> Permit {
+        Permit(PermitInner::Redis(Some((conn, keys, member))))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        match &mut self.0 {
+            PermitInner::Local(shards, keys) => shards.release(keys),
+            PermitInner::Redis(held) => {
+                if let Some((conn, keys, member)) = held.take() {
+                    redis::release(conn, keys, member);
+                }
+            }
+        }
+    }
+}
+
+/// The counter store could not decide.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the rate-limit backend is unavailable: {0}")]
+pub struct Unavailable(pub String);
+
+enum Backend {
+    Local(local::Local),
+    Redis(redis::Redis),
+}
+
+/// After a failure, other decisions fail at once (per the route's failure
+/// mode) until this much time has passed; then one tries Redis again.
+const RETRY_AFTER_FAILURE_US: i64 = 500_000;
+
+/// Decides requests against limits, in process or on Redis.
+pub struct Limiter {
+    backend: Backend,
+    failing: AtomicBool,
+    retry_at_us: AtomicI64,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("shared", &self.is_shared())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the limiter has counted since start, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub allowed: AtomicU64,
+    pub refused: AtomicU64,
+    pub backend_errors: AtomicU64,
+    pub failed_open: AtomicU64,
+    pub failed_closed: AtomicU64,
+}
+
+/// Metric names (Prometheus text format), in one place.
+pub mod metrics {
+    pub const DECISIONS: &str = "tollgate_ratelimit_decisions_total";
+    pub const BACKEND_ERRORS: &str = "tollgate_ratelimit_backend_errors_total";
+    pub const BACKEND_FAILURES: &str = "tollgate_ratelimit_backend_failures_total";
+    pub const BACKEND_UP: &str = "tollgate_ratelimit_backend_up";
+}
+
+impl Limiter {
+    /// Counters in this process.
+    pub fn local() -> Limiter {
+        Limiter::with(Backend::Local(local::Local::new()))
+    }
+
+    /// Counters on Redis.
+    pub fn redis(r: redis::Redis) -> Limiter {
+        Limiter::with(Backend::Redis(r))
+    }
+
+    fn with(backend: Backend) -> Limiter {
+        Limiter {
+            backend,
+            failing: AtomicBool::new(false),
+            retry_at_us: AtomicI64::new(0),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Whether counters are shared between nodes (Redis).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Redis(_))
+    }
+
+    /// The in-process backend, when that is the one in use.
+    pub fn as_local(&self) -> Option<&local::Local> {
+        match &self.backend {
+            Backend::Local(l) => Some(l),
+            Backend::Redis(_) => None,
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Whether the backend answered its last decision.
+    pub fn is_up(&self) -> bool {
+        !self.failing.load(Ordering::Acquire)
+    }
+
+    /// Decides a request against `checks` at the node's time `now_us`.
+    pub async fn decide(&self, checks: &[Check<'_>], now_us: i64) -> Result<Decision, Unavailable> {
+        let d = match &self.backend {
+            Backend::Local(l) => l.decide(checks, now_us),
+            Backend::Redis(r) => {
+                if self.failing.load(Ordering::Acquire)
+                    && now_us < self.retry_at_us.load(Ordering::Acquire)
+                {
+                    self.counters.backend_errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(Unavailable("Redis is down; retrying shortly".into()));
+                }
+                match r.decide(checks, now_us).await {
+                    Ok(d) => {
+                        if self.failing.swap(false, Ordering::AcqRel) {
+                            tracing::info!("rate-limit backend (Redis) reachable again");
+                        }
+                        d
+                    }
+                    Err(e) => {
+                        self.counters.backend_errors.fetch_add(1, Ordering::Relaxed);
+                        self.retry_at_us
+                            .store(now_us + RETRY_AFTER_FAILURE_US, Ordering::Release);
+                        if !self.failing.swap(true, Ordering::AcqRel) {
+                            tracing::warn!(error = %e.0, "rate-limit backend (Redis) unreachable; routes follow their on_backend_error mode until it is back");
+                        }
+                        return Err(Unavailable(e.0));
+                    }
+                }
+            }
+        };
+        let c = if d.allowed {
+            &self.counters.allowed
+        } else {
+            &self.counters.refused
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        Ok(d)
+    }
+
+    /// The count of `key`'s monthly quota for the month starting at `start_us`.
+    pub async fn quota_used(&self, key: &str, start_us: i64) -> Result<u64, Unavailable> {
+        match &self.backend {
+            Backend::Local(l) => Ok(l.quota_used(key, start_us)),
+            Backend::Redis(r) => r
+                .quota_used(key, start_us)
+                .await
+                .map_err(|e| Unavailable(e.0)),
+        }
+    }
+
+    /// Appends this limiter's metrics in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let c = &self.counters;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let backend = if self.is_shared() { "redis" } else { "local" };
+        let _ = write!(
+            out,
+            "# HELP {d} Rate-limit decisions by outcome.\n# TYPE {d} counter\n\
+             {d}{{outcome=\"allowed\"}} {}\n{d}{{outcome=\"refused\"}} {}\n\
+             # HELP {e} Decisions the rate-limit backend could not make.\n# TYPE {e} counter\n\
+             {e}{{backend=\"{backend}\"}} {}\n\
+             # HELP {f} Requests let through or refused because the backend was down.\n# TYPE {f} counter\n\
+             {f}{{mode=\"open\"}} {}\n{f}{{mode=\"closed\"}} {}\n\
+             # HELP {u} Whether the rate-limit backend answered its last decision.\n# TYPE {u} gauge\n\
+             {u}{{backend=\"{backend}\"}} {}\n",
+            n(&c.allowed),
+            n(&c.refused),
+            n(&c.backend_errors),
+            n(&c.failed_open),
+            n(&c.failed_closed),
+            self.is_up() as u8,
+            d = metrics::DECISIONS,
+            e = metrics::BACKEND_ERRORS,
+            f = metrics::BACKEND_FAILURES,
+            u = metrics::BACKEND_UP,
+        );
+    }
+}
