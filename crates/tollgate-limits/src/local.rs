@@ -15,6 +15,9 @@ use crate::algo::{self, Rule, Status, WindowState};
 use crate::calendar;
 use crate::{Check, Decision, Permit};
 
+/// A month's `(start, end)` in µs.
+type Period = (i64, i64);
+
 const SHARDS: usize = 64;
 /// A shard is swept for idle entries at most this often, once it holds more
 /// than [`SWEEP_MIN`] entries.
@@ -127,7 +130,7 @@ impl Local {
     /// Decides `checks` at `now_us`; writes nothing unless all pass.
     pub fn decide(&self, checks: &[Check], now_us: i64) -> Decision {
         // Resolve each check's map key (a month's key names its period).
-        let keys: Vec<(Cow<'_, str>, Option<(i64, i64)>)> = checks
+        let keys: Vec<(Cow<'_, str>, Option<Period>)> = checks
             .iter()
             .map(|c| match c.rule {
                 Rule::Month { tz, .. } => {
