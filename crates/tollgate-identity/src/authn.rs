@@ -61,6 +61,8 @@ pub struct TokenCaller {
     pub scopes: Vec<String>,
     /// The issuer's configured name.
     pub issuer: Arc<str>,
+    /// Every claim of the token (for limits counted by a claim).
+    pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Caller {

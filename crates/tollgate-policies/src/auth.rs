@@ -163,6 +163,7 @@ impl Auth {
                     subject: v.subject,
                     scopes: v.scopes,
                     issuer: v.issuer_name,
+                    claims: Arc::new(v.claims),
                 }))
             }
         }

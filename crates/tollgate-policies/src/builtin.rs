@@ -15,6 +15,7 @@ pub enum Builtin {
     IpRestriction(IpRestriction),
     Cors(Cors),
     Auth(crate::auth::Auth),
+    RateLimit(crate::rate_limit::RateLimit),
     RequestSizeLimit(RequestSizeLimit),
     RequestTransformer(HeaderTransformer),
     ResponseTransformer(HeaderTransformer),
@@ -23,9 +24,15 @@ pub enum Builtin {
 impl Builtin {
     /// Compiles a validated spec. Specs are validated when they enter the
     /// store, so values that would not compile are skipped rather than fatal.
-    pub fn compile(spec: &PolicySpec, env: &PolicyEnv) -> Builtin {
+    pub fn compile(spec: &PolicySpec, env: &PolicyEnv, at: &crate::Attachment) -> Builtin {
         match spec {
             PolicySpec::Auth(c) => Builtin::Auth(crate::auth::Auth::new(c, env.authn.clone())),
+            PolicySpec::RateLimit(c) => Builtin::RateLimit(crate::rate_limit::RateLimit::new(
+                c,
+                at,
+                env.limiter.clone(),
+                env.catalog.clone(),
+            )),
             PolicySpec::Cors(c) => Builtin::Cors(Cors::new(c)),
             PolicySpec::IpRestriction(c) => Builtin::IpRestriction(IpRestriction::new(c)),
             PolicySpec::RequestSizeLimit(c) => Builtin::RequestSizeLimit(RequestSizeLimit::new(c)),
@@ -45,6 +52,7 @@ macro_rules! dispatch {
             Builtin::IpRestriction($p) => $e,
             Builtin::Cors($p) => $e,
             Builtin::Auth($p) => $e,
+            Builtin::RateLimit($p) => $e,
             Builtin::RequestSizeLimit($p) => $e,
             Builtin::RequestTransformer($p) => $e,
             Builtin::ResponseTransformer($p) => $e,

@@ -8,12 +8,14 @@ use crate::{Builtin, Flow, LogSummary, Policy, PolicyEnv, RequestCtx};
 /// The fixed execution order of built-in policies. Address rules run first so
 /// a denied client learns nothing else; CORS answers preflights before any
 /// later check (browsers send preflights without credentials); `auth` runs
-/// before anything that depends on who is calling; size limits run before
+/// before anything that depends on who is calling; `rate_limit` counts only
+/// requests that got that far, by who they are; size limits run before
 /// anything reads the body.
 pub const ORDER: &[&str] = &[
     "ip_restriction",
     "cors",
     "auth",
+    "rate_limit",
     "request_size_limit",
     "request_transformer",
     "response_transformer",
@@ -50,16 +52,54 @@ pub struct Chain {
 }
 
 impl Chain {
+    /// Compiles the merged policies of a route without names: every
+    /// `rate_limit` counts as attached to an anonymous route.
     pub fn compile(
         global: &[PolicySpec],
         service: &[PolicySpec],
         route: &[PolicySpec],
         env: &PolicyEnv,
     ) -> Chain {
+        Chain::compile_named(global, ("", service), ("", route), env)
+    }
+
+    /// Compiles the merged policies of the route `route.0` of service
+    /// `service.0`. A `rate_limit` policy counts per attachment: the same
+    /// policy attached globally or to a service is one budget across the
+    /// routes that share it.
+    pub fn compile_named(
+        global: &[PolicySpec],
+        service: (&str, &[PolicySpec]),
+        route: (&str, &[PolicySpec]),
+        env: &PolicyEnv,
+    ) -> Chain {
+        let merged = merge_specs(global, service.1, route.1);
+        let required_scopes = merged
+            .iter()
+            .find_map(|p| match p {
+                PolicySpec::Auth(a) => Some(a.scopes.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let from =
+            |level: &[PolicySpec], spec: &PolicySpec| level.iter().any(|p| std::ptr::eq(p, spec));
         Chain {
-            policies: merge_specs(global, service, route)
+            policies: merged
                 .into_iter()
-                .map(|spec| Builtin::compile(spec, env))
+                .map(|spec| {
+                    let scope = if from(route.1, spec) {
+                        format!("route:{}", route.0)
+                    } else if from(service.1, spec) {
+                        format!("service:{}", service.0)
+                    } else {
+                        "global".to_owned()
+                    };
+                    let at = crate::Attachment {
+                        scope,
+                        required_scopes: required_scopes.clone(),
+                    };
+                    Builtin::compile(spec, env, &at)
+                })
                 .collect(),
         }
     }

@@ -1,7 +1,7 @@
 //! Tollgate's policy pipeline.
 //!
 //! A policy is a configured gateway behaviour (CORS, IP rules, size limits,
-//! header transformation, and later authentication and rate limits). Every
+//! header transformation, authentication, rate limits and quotas). Every
 //! policy implements the one [`Policy`] trait, whose hooks are the phases of a
 //! request, in this order:
 //!
@@ -23,11 +23,13 @@ mod auth;
 mod builtin;
 mod chain;
 mod context;
+mod rate_limit;
 
 pub use auth::Auth;
 pub use builtin::{Builtin, Cors, HeaderTransformer, IpRestriction, RequestSizeLimit};
 pub use chain::{Chain, ORDER, merge_specs};
 pub use context::{Flow, LogSummary, Reply, RequestCtx};
+pub use rate_limit::{Attachment, RATELIMIT, RATELIMIT_POLICY, RateLimit};
 
 /// Shared runtime state that policies need beyond their own configuration.
 /// One lives in the gateway and outlives every snapshot.
@@ -35,6 +37,21 @@ pub use context::{Flow, LogSummary, Reply, RequestCtx};
 pub struct PolicyEnv {
     /// Credential checks for the `auth` policy.
     pub authn: std::sync::Arc<tollgate_identity::authn::Authenticator>,
+    /// Counters for the `rate_limit` policy, in process or on Redis.
+    pub limiter: std::sync::Arc<tollgate_limits::Limiter>,
+    /// Plans and subscriptions for the `rate_limit` policy.
+    pub catalog: std::sync::Arc<tollgate_limits::Catalog>,
+}
+
+impl PolicyEnv {
+    /// An environment with in-process counters and no subscriptions.
+    pub fn new(authn: std::sync::Arc<tollgate_identity::authn::Authenticator>) -> PolicyEnv {
+        PolicyEnv {
+            authn,
+            limiter: std::sync::Arc::new(tollgate_limits::Limiter::local()),
+            catalog: tollgate_limits::Catalog::new(),
+        }
+    }
 }
 
 use http::request;

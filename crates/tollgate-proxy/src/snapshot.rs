@@ -117,6 +117,12 @@ impl Gateway {
 
     /// A gateway whose `auth` policies use `authn`.
     pub fn with_authenticator(settings: ProxySettings, authn: Arc<Authenticator>) -> Arc<Gateway> {
+        Gateway::with_env(settings, PolicyEnv::new(authn))
+    }
+
+    /// A gateway whose policies use `env` (credentials, the rate limiter,
+    /// plans and subscriptions).
+    pub fn with_env(settings: ProxySettings, env: PolicyEnv) -> Arc<Gateway> {
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 revision: -1,
@@ -125,7 +131,7 @@ impl Gateway {
             }),
             registry: Registry::default(),
             health: Mutex::new(None),
-            env: PolicyEnv { authn },
+            env,
             oauth: std::sync::OnceLock::new(),
             settings,
         })
@@ -134,6 +140,11 @@ impl Gateway {
     /// The snapshot new requests use.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// What the policies share across snapshots.
+    pub fn env(&self) -> &PolicyEnv {
+        &self.env
     }
 
     /// The authenticator behind every `auth` policy.
@@ -159,6 +170,7 @@ impl Gateway {
     /// runtime: active health checkers are restarted for the new snapshot.
     pub fn install(&self, config: &Config, revision: i64) {
         self.env.authn.issuers().install(&config.jwt_issuers);
+        self.env.catalog.install_plans(&config.plans);
         let snapshot = self.compile(config, revision);
         let token = CancellationToken::new();
         for svc in &snapshot.services {
@@ -229,7 +241,12 @@ impl Gateway {
             }));
             for route in svc_routes {
                 let (rspec, rpolicies) = route.into_parts();
-                let chain = Chain::compile(&config.policies, &svc_policies, &rpolicies, &self.env);
+                let chain = Chain::compile_named(
+                    &config.policies,
+                    (&spec.name, &svc_policies),
+                    (&rspec.name, &rpolicies),
+                    &self.env,
+                );
                 let target = RouteTarget {
                     service: idx,
                     chain,

@@ -276,9 +276,7 @@ fn transformers_apply_in_documented_order() {
 }
 
 fn env() -> crate::PolicyEnv {
-    crate::PolicyEnv {
-        authn: tollgate_identity::authn::Authenticator::new(
-            tollgate_identity::apikey::Pepper::new(&[9u8; 32]).expect("pepper"),
-        ),
-    }
+    crate::PolicyEnv::new(tollgate_identity::authn::Authenticator::new(
+        tollgate_identity::apikey::Pepper::new(&[9u8; 32]).expect("pepper"),
+    ))
 }

@@ -1,0 +1,499 @@
+//! The `rate_limit` policy: the caller's plan (via its subscription) and the
+//! route's own limits, decided together in one atomic step.
+//!
+//! - Over a rate: 429 `rate_limited`; over the monthly quota: 429
+//!   `quota_exceeded`; too many in flight: 429 `concurrency_limited`. Each
+//!   with `Retry-After` rounded up, so it is never earlier than the instant
+//!   the request would pass.
+//! - No subscription where one is required: 403 `subscription_required`;
+//!   an API or scope outside the plan: 403 `not_in_plan`.
+//! - Backend down: per `on_backend_error`, the request passes uncounted
+//!   (open) or gets 503 `limiter_unavailable` (closed).
+//!
+//! Every response on a limited route carries `RateLimit-Policy` and
+//! `RateLimit` (draft-ietf-httpapi-ratelimit-headers): one item per limit,
+//! `"name";q=<quota>;w=<window s>` and `"name";r=<remaining>;t=<reset s>`.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::{request, response};
+use tollgate_core::config::{
+    Algorithm, FailureMode, LimitBy, Period, PlanLimits, RateLimitConfig, SubscriptionMode,
+};
+use tollgate_core::problem::ErrorCode;
+use tollgate_identity::authn::Caller;
+use tollgate_limits::algo::SECOND_US;
+use tollgate_limits::catalog::{MONTHLY_QUOTA, Resolved};
+use tollgate_limits::{Catalog, Check, Decision, Limiter, Permit, Rule, Status, calendar};
+
+use crate::{Flow, Policy, Reply, RequestCtx};
+
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Where a `rate_limit` policy is attached; route limits count per
+/// attachment, so a limit attached globally is one budget across routes.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// `global`, `service:<name>` or `route:<name>`.
+    pub scope: String,
+    /// Scopes the route's `auth` policy requires (checked against the plan).
+    pub required_scopes: Vec<String>,
+}
+
+/// A compiled route limit.
+#[derive(Debug)]
+struct RouteLimit {
+    name: String,
+    by: LimitBy,
+    rule: Rule,
+    /// Counter name under the subject: `<scope>:<name>`.
+    counter: String,
+    /// This limit's item in `RateLimit-Policy`.
+    policy_item: String,
+}
+
+/// The compiled `rate_limit` policy.
+#[derive(Debug)]
+pub struct RateLimit {
+    limits: Vec<RouteLimit>,
+    concurrency: Option<RouteLimit>,
+    subscription: SubscriptionMode,
+    on_error: FailureMode,
+    headers: bool,
+    required_scopes: Vec<String>,
+    limiter: Arc<Limiter>,
+    catalog: Arc<Catalog>,
+}
+
+fn policy_item(name: &str, q: u64, w: Option<i64>, unit: Option<&str>) -> String {
+    let mut s = format!("\"{name}\";q={q}");
+    if let Some(w) = w {
+        let _ = write!(s, ";w={w}");
+    }
+    if let Some(u) = unit {
+        let _ = write!(s, ";qu=\"{u}\"");
+    }
+    s
+}
+
+fn period_us(p: Period) -> i64 {
+    match p {
+        Period::Fixed(d) => d.0.as_micros().min(i64::MAX as u128) as i64,
+        Period::Month => 0,
+    }
+}
+
+impl RateLimit {
+    pub fn new(
+        cfg: &RateLimitConfig,
+        at: &Attachment,
+        limiter: Arc<Limiter>,
+        catalog: Arc<Catalog>,
+    ) -> RateLimit {
+        let limits = cfg
+            .limits
+            .iter()
+            .map(|l| {
+                let name = l.name.clone().unwrap_or_else(|| l.per.to_string());
+                let p = period_us(l.per);
+                let rule = match (l.per, l.algorithm) {
+                    (Period::Month, _) => Rule::Month {
+                        limit: l.requests,
+                        tz: calendar::zone(l.timezone.as_deref()),
+                    },
+                    (_, Algorithm::Gcra) => Rule::gcra(l.requests, p, l.burst),
+                    (_, Algorithm::SlidingWindow) => Rule::Window {
+                        window_us: p.max(1),
+                        limit: l.requests,
+                    },
+                };
+                let (q, w) = rule.advertised(l.requests, p);
+                RouteLimit {
+                    counter: format!("{}:{name}", at.scope),
+                    policy_item: policy_item(&name, q, w, None),
+                    name,
+                    by: l.by.clone(),
+                    rule,
+                }
+            })
+            .collect();
+        let concurrency = cfg.concurrency.as_ref().map(|c| RouteLimit {
+            name: "concurrency".into(),
+            by: c.by.clone(),
+            rule: Rule::Concurrency {
+                max: u64::from(c.max),
+            },
+            counter: format!("{}:concurrency", at.scope),
+            policy_item: policy_item("concurrency", u64::from(c.max), None, Some("concurrency")),
+        });
+        RateLimit {
+            limits,
+            concurrency,
+            subscription: cfg.subscription,
+            on_error: cfg.on_backend_error,
+            headers: cfg.headers,
+            required_scopes: at.required_scopes.clone(),
+            limiter,
+            catalog,
+        }
+    }
+
+    fn resolve(&self, ctx: &RequestCtx) -> Option<Resolved> {
+        if self.subscription == SubscriptionMode::Off {
+            return None;
+        }
+        let caller = ctx.caller.as_ref()?;
+        let key = match caller {
+            Caller::Key(k) => Some(k.id.as_str()),
+            Caller::Token(_) => None,
+        };
+        self.catalog
+            .resolve(caller.org(), caller.app(), key, &ctx.service)
+    }
+
+    fn refuse(ctx: &RequestCtx, code: ErrorCode, detail: String) -> Flow {
+        Flow::Reply(Reply::problem(&ctx.problem(code, detail)))
+    }
+}
+
+/// One limit applied to this request, for the response fields.
+struct Applied {
+    name: Cow<'static, str>,
+    policy_item: Cow<'static, str>,
+    rule: Rule,
+}
+
+/// What the response phase adds, kept in the request context.
+#[derive(Clone)]
+struct Fields {
+    policy: HeaderValue,
+    state: HeaderValue,
+}
+
+/// Holds concurrency slots until the request context is dropped.
+#[derive(Clone)]
+struct Held(#[allow(dead_code)] Arc<Permit>);
+
+fn plan_checks(r: &Resolved, checks: &mut Vec<Check<'static>>, applied: &mut Vec<Applied>) {
+    let PlanLimits {
+        per_second,
+        per_minute,
+        per_hour,
+        burst,
+        monthly_quota,
+        concurrency,
+    } = r.limits;
+    let sub = &r.subscription;
+    let mut add = |name: &'static str, rule: Rule, q: u64, w: Option<i64>, unit: Option<&str>| {
+        checks.push(Check {
+            key: Cow::Owned(sub.counter(name)),
+            rule,
+        });
+        applied.push(Applied {
+            name: Cow::Borrowed(name),
+            policy_item: Cow::Owned(policy_item(name, q, w, unit)),
+            rule,
+        });
+    };
+    if let Some(n) = per_second {
+        add(
+            "plan-second",
+            Rule::gcra(n, SECOND_US, burst),
+            n,
+            Some(1),
+            None,
+        );
+    }
+    if let Some(n) = per_minute {
+        add(
+            "plan-minute",
+            Rule::gcra(n, 60 * SECOND_US, None),
+            n,
+            Some(60),
+            None,
+        );
+    }
+    if let Some(n) = per_hour {
+        add(
+            "plan-hour",
+            Rule::gcra(n, 3600 * SECOND_US, None),
+            n,
+            Some(3600),
+            None,
+        );
+    }
+    if let Some(n) = monthly_quota {
+        let rule = Rule::Month {
+            limit: n,
+            tz: sub.timezone,
+        };
+        add(MONTHLY_QUOTA, rule, n, None, None);
+    }
+    if let Some(n) = concurrency {
+        let n = u64::from(n);
+        add(
+            "plan-concurrency",
+            Rule::Concurrency { max: n },
+            n,
+            None,
+            Some("concurrency"),
+        );
+    }
+}
+
+/// 64-bit FNV-1a: a stable digest for long header values, the same on every node.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Who `by` counts for this request.
+fn subject(by: &LimitBy, ctx: &RequestCtx, req: &request::Parts) -> String {
+    let caller = ctx.caller.as_ref();
+    let found = match by {
+        LimitBy::Ip => None,
+        LimitBy::Route => Some("all".to_owned()),
+        LimitBy::Consumer => caller.map(|c| match c {
+            Caller::Key(k) => k.id.to_string(),
+            Caller::Token(t) => format!(
+                "tok:{}:{}",
+                t.issuer,
+                t.subject.as_deref().or(t.app.as_deref()).unwrap_or("")
+            ),
+        }),
+        LimitBy::Key => caller.and_then(|c| match c {
+            Caller::Key(k) => Some(k.id.to_string()),
+            Caller::Token(_) => None,
+        }),
+        LimitBy::App => caller.and_then(|c| c.app().map(str::to_owned)),
+        LimitBy::Org => caller.and_then(|c| c.org().map(str::to_owned)),
+        LimitBy::Header(h) => req.headers.get(h.as_str()).map(|v| {
+            let v = v.as_bytes();
+            if v.len() <= 64 && v.iter().all(|b| b.is_ascii_graphic() && *b != b'}') {
+                format!("h:{h}={}", String::from_utf8_lossy(v))
+            } else {
+                format!("h:{h}#{:016x}", fnv1a(v))
+            }
+        }),
+        LimitBy::Claim(c) => caller.and_then(|caller| match caller {
+            Caller::Token(t) => t.claims.get(c.as_str()).and_then(|v| match v {
+                serde_json::Value::String(s) => Some(format!("c:{c}#{:016x}", fnv1a(s.as_bytes()))),
+                serde_json::Value::Number(n) => Some(format!("c:{c}={n}")),
+                _ => None,
+            }),
+            Caller::Key(_) => None,
+        }),
+    };
+    found.unwrap_or_else(|| format!("ip:{}", ctx.client_ip))
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn secs_up(us: i64) -> i64 {
+    if us <= 0 {
+        0
+    } else {
+        (us + SECOND_US - 1) / SECOND_US
+    }
+}
+
+fn fields(applied: &[Applied], statuses: &[Status]) -> Option<Fields> {
+    let mut policy = String::new();
+    let mut state = String::new();
+    for (a, s) in applied.iter().zip(statuses) {
+        if !policy.is_empty() {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        policy.push_str(&a.policy_item);
+        let _ = write!(state, "\"{}\";r={}", a.name, s.remaining);
+        if !matches!(a.rule, Rule::Concurrency { .. }) {
+            let _ = write!(state, ";t={}", secs_up(s.reset_us));
+        }
+    }
+    Some(Fields {
+        policy: HeaderValue::from_str(&policy).ok()?,
+        state: HeaderValue::from_str(&state).ok()?,
+    })
+}
+
+fn refusal(applied: &[Applied], d: &Decision) -> (ErrorCode, String, i64) {
+    let mut code = ErrorCode::RateLimited;
+    let mut wait = 0;
+    let mut names = Vec::new();
+    for (a, s) in applied.iter().zip(&d.statuses) {
+        if s.allowed {
+            continue;
+        }
+        wait = wait.max(s.retry_after_us);
+        names.push(format!("`{}`", a.name));
+        code = match (code, a.rule) {
+            (_, Rule::Month { .. }) => ErrorCode::QuotaExceeded,
+            (ErrorCode::QuotaExceeded, _) => ErrorCode::QuotaExceeded,
+            (_, Rule::Concurrency { .. }) => ErrorCode::ConcurrencyLimited,
+            (c, _) => c,
+        };
+    }
+    let retry = secs_up(wait).max(1);
+    let what = match code {
+        ErrorCode::QuotaExceeded => "the quota for this period is used up",
+        ErrorCode::ConcurrencyLimited => "too many requests are in flight",
+        _ => "the rate limit is exceeded",
+    };
+    (
+        code,
+        format!("{what} ({}); retry in {retry} s", names.join(", ")),
+        retry,
+    )
+}
+
+impl Policy for RateLimit {
+    fn name(&self) -> &'static str {
+        "rate_limit"
+    }
+
+    async fn access(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Flow {
+        let resolved = self.resolve(ctx);
+        match &resolved {
+            None if self.subscription == SubscriptionMode::Required => {
+                let detail = if ctx.caller.is_some() {
+                    format!(
+                        "the caller has no subscription that covers `{}`",
+                        ctx.service
+                    )
+                } else {
+                    "this API needs a subscription; call it with a credential".to_owned()
+                };
+                return RateLimit::refuse(ctx, ErrorCode::SubscriptionRequired, detail);
+            }
+            Some(r) => {
+                if !r.plan.apis.is_empty() && !r.plan.apis.iter().any(|a| **a == *ctx.service) {
+                    let detail =
+                        format!("plan `{}` does not include `{}`", r.plan.name, ctx.service);
+                    return RateLimit::refuse(ctx, ErrorCode::NotInPlan, detail);
+                }
+                if !r.plan.scopes.is_empty()
+                    && let Some(s) = self
+                        .required_scopes
+                        .iter()
+                        .find(|s| !r.plan.scopes.contains(s))
+                {
+                    let detail = format!("plan `{}` does not allow scope `{s}`", r.plan.name);
+                    return RateLimit::refuse(ctx, ErrorCode::NotInPlan, detail);
+                }
+            }
+            None => {}
+        }
+
+        let mut checks: Vec<Check<'static>> = Vec::with_capacity(self.limits.len() + 5);
+        let mut applied: Vec<Applied> = Vec::with_capacity(self.limits.len() + 5);
+        if let Some(r) = &resolved {
+            plan_checks(r, &mut checks, &mut applied);
+        }
+        for l in self.limits.iter().chain(&self.concurrency) {
+            let who = subject(&l.by, ctx, req);
+            checks.push(Check {
+                key: Cow::Owned(tollgate_limits::key(&who, &l.counter)),
+                rule: l.rule,
+            });
+            applied.push(Applied {
+                name: Cow::Owned(l.name.clone()),
+                policy_item: Cow::Owned(l.policy_item.clone()),
+                rule: l.rule,
+            });
+        }
+        if checks.is_empty() {
+            return Flow::Continue;
+        }
+        let d = match self.limiter.decide(&checks, now_us()).await {
+            Ok(d) => d,
+            Err(e) => {
+                let c = self.limiter.counters();
+                return match self.on_error {
+                    FailureMode::Open => {
+                        c.failed_open.fetch_add(1, Ordering::Relaxed);
+                        Flow::Continue
+                    }
+                    FailureMode::Closed => {
+                        c.failed_closed.fetch_add(1, Ordering::Relaxed);
+                        let mut reply = Reply::problem(&ctx.problem(
+                            ErrorCode::LimiterUnavailable,
+                            format!("limits cannot be checked right now: {}", e.0),
+                        ));
+                        reply
+                            .headers
+                            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                        Flow::Reply(reply)
+                    }
+                };
+            }
+        };
+        if self.headers
+            && let Some(f) = fields(&applied, &d.statuses)
+        {
+            ctx.extensions.insert(f);
+        }
+        if !d.allowed {
+            let (code, detail, retry) = refusal(&applied, &d);
+            let mut reply = Reply::problem(&ctx.problem(code, detail));
+            reply
+                .headers
+                .insert(RETRY_AFTER, HeaderValue::from(retry as u64));
+            return Flow::Reply(reply);
+        }
+        if let Some(p) = d.permit {
+            ctx.extensions.insert(Held(Arc::new(p)));
+        }
+        Flow::Continue
+    }
+
+    fn response(&self, ctx: &mut RequestCtx, res: &mut response::Parts) {
+        if let Some(f) = ctx.extensions.get::<Fields>() {
+            res.headers.insert(RATELIMIT_POLICY, f.policy.clone());
+            res.headers.insert(RATELIMIT, f.state.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_follow_the_draft_syntax() {
+        assert_eq!(
+            policy_item("plan-second", 10, Some(1), None),
+            "\"plan-second\";q=10;w=1"
+        );
+        assert_eq!(
+            policy_item("concurrency", 5, None, Some("concurrency")),
+            "\"concurrency\";q=5;qu=\"concurrency\""
+        );
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(secs_up(1), 1);
+        assert_eq!(secs_up(SECOND_US), 1);
+        assert_eq!(secs_up(SECOND_US + 1), 2);
+        assert_eq!(secs_up(0), 0);
+    }
+
+    #[test]
+    fn long_or_odd_header_values_become_stable_digests() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
