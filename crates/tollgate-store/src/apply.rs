@@ -5,19 +5,21 @@
 //! and runs them in an order that never breaks a constraint: creations and
 //! updates (services, then routes, then policies) before deletions (policies,
 //! then routes, then services), so a route moving off a service that is
-//! being deleted is moved before the cascade could take it. JWT issuers are
-//! matched by name too; nothing references them in the database.
+//! being deleted is moved before the cascade could take it. JWT issuers and
+//! plans are matched by name too. Nothing in the configuration references
+//! them in the database, but subscriptions reference plans: deleting a plan
+//! that is subscribed to fails the whole apply with `Conflict`.
 
 use std::collections::HashMap;
 use std::fmt;
 
 use tollgate_core::config::{
-    Config, JwtIssuerSpec, PolicySpec, Route, RouteSpec, Service, ServiceSpec,
+    Config, JwtIssuerSpec, PlanSpec, PolicySpec, Route, RouteSpec, Service, ServiceSpec,
 };
 use tollgate_core::ids::{PolicyId, RouteId, ServiceId};
 
 use crate::db::{Conn, Pool};
-use crate::sql::{self, IssuerRow, PolicyRow, RouteRow, ServiceRow, now_millis};
+use crate::sql::{self, IssuerRow, PlanRow, PolicyRow, RouteRow, ServiceRow, now_millis};
 use crate::{Change, ChangeSet, Kind, Op, PolicyScope, StoreError};
 
 /// Reads everything in one snapshot and assembles the declarative config.
@@ -28,8 +30,12 @@ pub(crate) async fn export(pool: &Pool) -> Result<(i64, Config), StoreError> {
     let routes = sql::all_routes(&mut conn).await?;
     let policies = sql::all_policies(&mut conn).await?;
     let issuers = sql::all_jwt_issuers(&mut conn).await?;
+    let plans = sql::all_plans(&mut conn).await?;
     conn.commit().await?;
-    Ok((revision, assemble(services, routes, policies, issuers)?))
+    Ok((
+        revision,
+        assemble(services, routes, policies, issuers, plans)?,
+    ))
 }
 
 /// Nests routes under services and policies under their scopes, everything
@@ -39,6 +45,7 @@ fn assemble(
     routes: Vec<RouteRow>,
     policies: Vec<PolicyRow>,
     issuers: Vec<IssuerRow>,
+    plans: Vec<PlanRow>,
 ) -> Result<Config, StoreError> {
     let mut global = Vec::new();
     let mut by_service: HashMap<ServiceId, Vec<PolicySpec>> = HashMap::new();
@@ -81,12 +88,18 @@ fn assemble(
         .map(IssuerRow::spec)
         .collect::<Result<Vec<_>, _>>()?;
     jwt_issuers.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut plans = plans
+        .iter()
+        .map(PlanRow::spec)
+        .collect::<Result<Vec<_>, _>>()?;
+    plans.sort_by(|a, b| a.name.cmp(&b.name));
 
     Ok(Config {
         format_version: 1,
         services: out,
         policies: sorted_policies(global),
         jwt_issuers,
+        plans,
     })
 }
 
@@ -160,6 +173,8 @@ struct Current {
     policies: HashMap<(ScopeName, String), (PolicyId, Option<PolicySpec>)>,
     /// JWT issuers by name: (id, spec).
     issuers: HashMap<String, (String, Option<JwtIssuerSpec>)>,
+    /// Plans by name: (id, spec).
+    plans: HashMap<String, (String, Option<PlanSpec>)>,
 }
 
 fn corrupt_id(what: &str, raw: &str) -> StoreError {
@@ -172,6 +187,7 @@ impl Current {
         let route_rows = sql::all_routes(conn).await?;
         let policy_rows = sql::all_policies(conn).await?;
         let issuer_rows = sql::all_jwt_issuers(conn).await?;
+        let plan_rows = sql::all_plans(conn).await?;
 
         let mut service_names = HashMap::new();
         let mut services = HashMap::new();
@@ -216,11 +232,19 @@ impl Current {
                 (row.name, (row.id, spec))
             })
             .collect();
+        let plans = plan_rows
+            .into_iter()
+            .map(|row| {
+                let spec = row.spec().ok();
+                (row.name, (row.id, spec))
+            })
+            .collect();
         Ok(Current {
             services,
             routes,
             policies,
             issuers,
+            plans,
         })
     }
 }
@@ -239,6 +263,10 @@ enum Step {
     CreateIssuer(String, JwtIssuerSpec),
     UpdateIssuer(String, JwtIssuerSpec),
     DeleteIssuer(String),
+    CreatePlan(String, PlanSpec),
+    UpdatePlan(String, PlanSpec),
+    /// (id, name).
+    DeletePlan(String, String),
 }
 
 impl Step {
@@ -275,6 +303,15 @@ impl Step {
                 .then_some(())
                 .ok_or_else(|| StoreError::not_found("jwt_issuer", &spec.name)),
             Step::DeleteIssuer(id) => sql::delete_jwt_issuer(conn, id).await.map(drop),
+            Step::CreatePlan(id, spec) => sql::insert_plan(conn, id, spec, now).await,
+            Step::UpdatePlan(id, spec) => sql::update_plan(conn, id, spec, now)
+                .await?
+                .then_some(())
+                .ok_or_else(|| StoreError::not_found("plan", &spec.name)),
+            Step::DeletePlan(id, name) => {
+                sql::ensure_plan_unused(conn, name).await?;
+                sql::delete_plan(conn, id, name).await.map(drop)
+            }
         }
     }
 }
@@ -391,12 +428,31 @@ fn plan(mut current: Current, config: &Config) -> Plan {
         }
     }
 
+    for spec in &config.plans {
+        match current.plans.remove(&spec.name) {
+            Some((id, old)) => {
+                if old.as_ref() != Some(spec) {
+                    change(Kind::Plan, spec.name.clone(), Op::Update);
+                    policy_upserts.push(Step::UpdatePlan(id, spec.clone()));
+                }
+            }
+            None => {
+                change(Kind::Plan, spec.name.clone(), Op::Create);
+                policy_upserts.push(Step::CreatePlan(sql::new_plan_id(), spec.clone()));
+            }
+        }
+    }
+
     // Whatever is left is not in the desired config.
     let mut steps = upserts;
     steps.extend(policy_upserts);
     for (name, (id, _)) in current.issuers {
         change(Kind::JwtIssuer, name, Op::Delete);
         steps.push(Step::DeleteIssuer(id));
+    }
+    for (name, (id, _)) in current.plans {
+        change(Kind::Plan, name.clone(), Op::Delete);
+        steps.push(Step::DeletePlan(id, name));
     }
     for ((scope_name, name), (id, _)) in current.policies {
         change(Kind::Policy, format!("{scope_name}/{name}"), Op::Delete);
@@ -432,6 +488,7 @@ mod tests {
             routes: HashMap::new(),
             policies: HashMap::new(),
             issuers: HashMap::new(),
+            plans: HashMap::new(),
         }
     }
 

@@ -1,13 +1,13 @@
 //! Identity: organizations (tenants), users and memberships, apps, API keys,
-//! OAuth clients, the OAuth server's signing keys and revoked tokens, and the
-//! change feed gateway nodes replicate from.
+//! OAuth clients, subscriptions, the OAuth server's signing keys and revoked
+//! tokens, and the change feed gateway nodes replicate from.
 //!
 //! Three levels of access:
 //!
 //! - **Operator** ([`Store`] methods in `directory`): organizations and
 //!   users.
 //! - **Tenant** ([`Store::tenant`] gives a [`Tenant`]): everything inside one
-//!   organization. This is the only way to reach an organization's data. Its
+//!   organization (members, apps, keys, clients, subscriptions). This is the only way to reach an organization's data. Its
 //!   methods never take an organization id again, every statement they run
 //!   filters on `org_id`, and an id that belongs to another organization is
 //!   `NotFound`, exactly like one that does not exist.
@@ -15,10 +15,11 @@
 //!   [`Store::identity_snapshot`] of every usable credential, then
 //!   [`Store::identity_changes`] after its `seq`.
 //!
-//! Every write to a key or client (create, update, revoke, rotate, and the
-//! cascades of deleting an app or an organization) records a change in the
-//! same transaction, so a node that applies the feed never keeps a revoked
-//! credential. Identity writes do not bump the configuration revision.
+//! Every write to a key, client or subscription (create, update, revoke,
+//! rotate, delete, and the cascades of deleting an app or an organization)
+//! records a change in the same transaction, so a node that applies the feed
+//! never keeps a revoked credential or a stale subscription. So does a
+//! change of an organization's time zone, for each of its subscriptions. Identity writes do not bump the configuration revision.
 //! Errors never contain a secret, hashes included.
 
 use tollgate_core::ids::OrgId;
@@ -32,12 +33,15 @@ mod directory;
 mod feed;
 mod records;
 mod sql;
+mod subscription_sql;
+mod subscriptions;
 mod tenant;
 
 pub use feed::MAX_CHANGES_PER_READ;
 pub use records::{
     ApiKey, App, AppUpdate, ChangeEntity, ClientGrant, IdentityChange, IdentitySnapshot, KeyGrant,
-    KeyUpdate, Member, NewApiKey, OAuthClient, Organization, SigningKey, SigningKeyMaterial, User,
+    KeyUpdate, Member, NewApiKey, NewSubscription, OAuthClient, OrgUpdate, Organization,
+    SigningKey, SigningKeyMaterial, Subscription, SubscriptionGrant, SubscriptionUpdate, User,
 };
 
 /// One organization's view of the store; see the module docs. Cheap to make.

@@ -1,7 +1,9 @@
 //! Tollgate's configuration store: services, routes, policies, JWT issuers,
-//! admin tokens and identity (organizations, users, apps, API keys, OAuth
-//! clients; see [`Tenant`] and [`Store::identity_snapshot`]), kept in SQLite (the embedded default, one file in the data
-//! directory) or PostgreSQL (for a cluster). One [`Store`] type serves both
+//! plans, admin tokens, identity (organizations, users, apps, API keys, OAuth
+//! clients, subscriptions; see [`Tenant`] and [`Store::identity_snapshot`])
+//! and persisted usage counters ([`Store::add_usage`]), kept in SQLite (the
+//! embedded default, one file in the data directory) or PostgreSQL (for a
+//! cluster). One [`Store`] type serves both
 //! backends with the same portable SQL; see
 //! `docs/decisions/0002-one-sql-store-over-two-backends.md`. Every write runs
 //! in a transaction that also bumps a single configuration revision, so nodes
@@ -22,21 +24,25 @@ mod apply;
 mod db;
 mod error;
 mod identity;
+mod plans;
 mod records;
 mod resources;
 mod sql;
 pub mod testing;
+mod usage;
 
 pub use error::StoreError;
 pub use identity::{
     ApiKey, App, AppUpdate, ChangeEntity, ClientGrant, IdentityChange, IdentitySnapshot, KeyGrant,
-    KeyUpdate, MAX_CHANGES_PER_READ, Member, NewApiKey, OAuthClient, Organization, SigningKey,
-    SigningKeyMaterial, Tenant, User,
+    KeyUpdate, MAX_CHANGES_PER_READ, Member, NewApiKey, NewSubscription, OAuthClient, OrgUpdate,
+    Organization, SigningKey, SigningKeyMaterial, Subscription, SubscriptionGrant,
+    SubscriptionUpdate, Tenant, User,
 };
 pub use records::{
     Backend, Change, ChangeSet, Kind, Listed, Op, Page, PolicyRecord, PolicyScope, RouteRecord,
     ServiceRecord,
 };
+pub use usage::{UsageDelta, UsageRow};
 
 use db::Pool;
 

@@ -236,8 +236,8 @@ impl<T> Listed<T> {
 /// What [`crate::Store::apply`] changed, or [`crate::Store::diff`] would change.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChangeSet {
-    /// Changes ordered by kind (services, routes, policies, JWT issuers),
-    /// then name.
+    /// Changes ordered by kind (services, routes, policies, JWT issuers,
+    /// plans), then name.
     pub changes: Vec<Change>,
 }
 
@@ -310,6 +310,8 @@ pub enum Kind {
     Policy,
     /// A trusted external JWT issuer (`jwt_issuers`); the name is its name.
     JwtIssuer,
+    /// A plan (`plans`); the name is its name.
+    Plan,
 }
 
 impl fmt::Display for Kind {
@@ -319,6 +321,7 @@ impl fmt::Display for Kind {
             Kind::Route => "route",
             Kind::Policy => "policy",
             Kind::JwtIssuer => "jwt_issuer",
+            Kind::Plan => "plan",
         })
     }
 }

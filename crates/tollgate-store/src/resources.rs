@@ -1,5 +1,5 @@
 //! Single-resource operations: services, routes, policies, JWT issuers and
-//! admin tokens.
+//! admin tokens (plans are in `plans`).
 //!
 //! Each write validates its input, runs in one transaction that bumps the
 //! configuration revision first, and maps uniqueness violations to
@@ -9,6 +9,7 @@ use tollgate_core::config::{Config, JwtIssuerSpec, PolicySpec, RouteSpec, Servic
 use tollgate_core::ids::{AdminTokenId, PolicyId, RouteId, ServiceId};
 
 use crate::db::Conn;
+use crate::plans::ensure_no_plan_names;
 use crate::sql::{self, now_millis};
 use crate::{
     Listed, Page, PolicyRecord, PolicyScope, RouteRecord, ServiceRecord, Store, StoreError,
@@ -16,7 +17,7 @@ use crate::{
 
 impl Store {
     /// Opens a write transaction with the revision already bumped.
-    async fn write(&self) -> Result<Conn, StoreError> {
+    pub(crate) async fn write(&self) -> Result<Conn, StoreError> {
         let mut conn = self.pool.write().await?;
         sql::bump_revision(&mut conn).await?;
         Ok(conn)
@@ -74,7 +75,8 @@ impl Store {
         })
     }
 
-    /// Replaces a service's settings (its name may change).
+    /// Replaces a service's settings. Its name may change, unless a plan
+    /// includes it in `apis` (`Conflict`).
     pub async fn update_service(
         &self,
         id: &ServiceId,
@@ -82,6 +84,11 @@ impl Store {
     ) -> Result<ServiceRecord, StoreError> {
         spec.validate().map_err(StoreError::Invalid)?;
         let mut conn = self.write().await?;
+        if let Some(current) = sql::service_by_id(&mut conn, id).await?
+            && current.name != spec.name
+        {
+            ensure_no_plan_names(&mut conn, &current.name, "rename").await?;
+        }
         let row = sql::update_service(&mut conn, id, &spec, now_millis())
             .await?
             .ok_or_else(|| StoreError::not_found("service", id))?;
@@ -90,8 +97,12 @@ impl Store {
     }
 
     /// Deletes a service together with its routes and all their policies.
+    /// `Conflict` while a plan includes it in `apis`.
     pub async fn delete_service(&self, id: &ServiceId) -> Result<(), StoreError> {
         let mut conn = self.write().await?;
+        if let Some(current) = sql::service_by_id(&mut conn, id).await? {
+            ensure_no_plan_names(&mut conn, &current.name, "delete").await?;
+        }
         if !sql::delete_service(&mut conn, id).await? {
             return Err(StoreError::not_found("service", id));
         }

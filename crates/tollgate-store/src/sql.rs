@@ -5,7 +5,7 @@
 //! PostgreSQL alike; a placeholder may appear twice.
 
 use chrono::{DateTime, Utc};
-use tollgate_core::config::{JwtIssuerSpec, PolicySpec, RouteSpec, ServiceSpec};
+use tollgate_core::config::{JwtIssuerSpec, PlanSpec, PolicySpec, RouteSpec, ServiceSpec};
 use tollgate_core::ids::{AdminTokenId, PolicyId, RouteId, ServiceId};
 
 use crate::db::{Conn, on_conn};
@@ -612,4 +612,126 @@ pub(crate) async fn delete_jwt_issuer(conn: &mut Conn, id: &str) -> Result<bool,
         .await
         .map(|r| r.rows_affected()))?;
     Ok(done > 0)
+}
+
+// ---------------------------------------------------------------------------
+// Plans
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PlanRow {
+    pub id: String,
+    pub name: String,
+    pub spec: String,
+}
+
+impl PlanRow {
+    pub(crate) fn spec(&self) -> Result<PlanSpec, StoreError> {
+        serde_json::from_str(&self.spec)
+            .map_err(|e| StoreError::Corrupt(format!("plan {}: spec: {e}", self.id)))
+    }
+}
+
+/// Every plan, ordered by name.
+pub(crate) async fn all_plans(conn: &mut Conn) -> Result<Vec<PlanRow>, StoreError> {
+    const SQL: &str = "SELECT id, name, spec FROM plans ORDER BY name";
+    Ok(on_conn!(conn, |c| sqlx::query_as(SQL)
+        .fetch_all(&mut *c)
+        .await)?)
+}
+
+pub(crate) async fn plan_by_name(
+    conn: &mut Conn,
+    name: &str,
+) -> Result<Option<PlanRow>, StoreError> {
+    const SQL: &str = "SELECT id, name, spec FROM plans WHERE name = $1";
+    Ok(on_conn!(conn, |c| sqlx::query_as(SQL)
+        .bind(name)
+        .fetch_optional(&mut *c)
+        .await)?)
+}
+
+/// A fresh plan id: `pln_` and a lower-case ULID (plans are addressed by
+/// name; the id is internal, like a JWT issuer's).
+pub(crate) fn new_plan_id() -> String {
+    format!("pln_{}", ulid::Ulid::new().to_string().to_ascii_lowercase())
+}
+
+pub(crate) async fn insert_plan(
+    conn: &mut Conn,
+    id: &str,
+    spec: &PlanSpec,
+    now: i64,
+) -> Result<(), StoreError> {
+    const SQL: &str = "INSERT INTO plans (id, name, spec, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $4)";
+    let json = to_json(spec)?;
+    on_conn!(conn, |c| sqlx::query(SQL)
+        .bind(id)
+        .bind(spec.name.as_str())
+        .bind(json.as_str())
+        .bind(now)
+        .execute(&mut *c)
+        .await
+        .map(drop))
+    .map_err(|e| {
+        StoreError::unique(e, || format!("a plan named `{}` already exists", spec.name))
+    })?;
+    Ok(())
+}
+
+/// Replaces a plan's settings (its name stays); false when it does not exist.
+pub(crate) async fn update_plan(
+    conn: &mut Conn,
+    id: &str,
+    spec: &PlanSpec,
+    now: i64,
+) -> Result<bool, StoreError> {
+    const SQL: &str = "UPDATE plans SET spec = $2, updated_at = $3 WHERE id = $1";
+    let json = to_json(spec)?;
+    let done = on_conn!(conn, |c| sqlx::query(SQL)
+        .bind(id)
+        .bind(json.as_str())
+        .bind(now)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(done > 0)
+}
+
+/// Deletes a plan by id; false when it did not exist. The caller checks
+/// that no subscription uses it; the foreign key refuses a racing one,
+/// which reads as `Conflict`.
+pub(crate) async fn delete_plan(conn: &mut Conn, id: &str, name: &str) -> Result<bool, StoreError> {
+    const SQL: &str = "DELETE FROM plans WHERE id = $1";
+    let done = on_conn!(conn, |c| sqlx::query(SQL)
+        .bind(id)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            StoreError::Conflict(plan_in_use(name))
+        }
+        _ => StoreError::from(e),
+    })?;
+    Ok(done > 0)
+}
+
+/// `Conflict` while any subscription, of any organization, uses the plan:
+/// the operator-level check before a plan is deleted.
+pub(crate) async fn ensure_plan_unused(conn: &mut Conn, name: &str) -> Result<(), StoreError> {
+    const SQL: &str = "SELECT COUNT(*) FROM subscriptions WHERE plan = $1";
+    let n: i64 = on_conn!(conn, |c| sqlx::query_scalar(SQL)
+        .bind(name)
+        .fetch_one(&mut *c)
+        .await)?;
+    if n > 0 {
+        return Err(StoreError::Conflict(plan_in_use(name)));
+    }
+    Ok(())
+}
+
+/// The conflict message for deleting a plan that is subscribed to.
+fn plan_in_use(name: &str) -> String {
+    format!("the plan `{name}` has subscriptions; move them to another plan or delete them first")
 }

@@ -277,6 +277,13 @@ pub struct ServeArgs {
     /// Redis for shared counters (used by rate limiting).
     #[arg(long, env = "TOLLGATE_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Milliseconds a rate-limit decision may wait for Redis before the
+    /// route's `on_backend_error` mode applies.
+    #[arg(long, env = "TOLLGATE_REDIS_TIMEOUT_MS", default_value_t = 250)]
+    pub redis_timeout_ms: u64,
+    /// Milliseconds between batched writes of in-process quota counts to the store.
+    #[arg(long, env = "TOLLGATE_USAGE_FLUSH_MS", default_value_t = 1_000)]
+    pub usage_flush_ms: u64,
     /// Admin token to accept (stored hashed). Without it, a first start prints a new one.
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

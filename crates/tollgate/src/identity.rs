@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use tollgate_core::ids::{ClientId, KeyId};
+use tollgate_core::ids::{ClientId, KeyId, SubscriptionId};
 use tollgate_identity::apikey::{KeyHash, Pepper};
 use tollgate_identity::authn::Authenticator;
 use tollgate_identity::keyring::KeyEntry;
@@ -169,6 +169,8 @@ pub struct IdentitySync {
     pub store: Store,
     pub authn: Arc<Authenticator>,
     pub oauth: Option<Arc<OAuthServer>>,
+    /// Subscriptions for the `rate_limit` policy.
+    pub catalog: Arc<tollgate_limits::Catalog>,
     /// Upper bound of a platform token's life, for revocations learnt by id.
     pub token_ttl: Duration,
 }
@@ -181,6 +183,8 @@ impl IdentitySync {
             .keys()
             .replace_all(snap.keys.into_iter().map(key_entry));
         self.authn.set_revoked(snap.revoked_tokens);
+        self.catalog
+            .replace_subscriptions(snap.subscriptions.into_iter().map(crate::traffic::entry));
         if let Some(oauth) = &self.oauth {
             oauth.set_clients(snap.clients.into_iter().map(client_entry));
             oauth.set_signing_keys(&signing_material(snap.signing_keys));
@@ -201,6 +205,7 @@ impl IdentitySync {
                     ChangeEntity::Key => self.refresh_key(&c.entity_id).await?,
                     ChangeEntity::Client => self.refresh_client(&c.entity_id).await?,
                     ChangeEntity::SigningKey => signing_keys_changed = true,
+                    ChangeEntity::Subscription => self.refresh_subscription(&c.entity_id).await?,
                     ChangeEntity::RevokedToken => {
                         let now = now_ms() / 1000;
                         let bound = now + self.token_ttl.as_secs() as i64 + 60;
@@ -228,6 +233,17 @@ impl IdentitySync {
             None => {
                 self.authn.keys().remove(&id);
             }
+        }
+        Ok(())
+    }
+
+    async fn refresh_subscription(&self, id: &str) -> Result<(), StoreError> {
+        let Ok(id) = id.parse::<SubscriptionId>() else {
+            return Ok(());
+        };
+        match self.store.subscription_grant(&id).await? {
+            Some(g) => self.catalog.upsert_subscription(crate::traffic::entry(g)),
+            None => self.catalog.remove_subscription(&id),
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 pub mod cli;
 mod commands;
 pub mod identity;
+pub mod traffic;
 mod watch;
 
 use std::net::SocketAddr;
@@ -207,7 +208,19 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let authn = Authenticator::new(pepper.clone());
     let token_ttl = Duration::from_secs(args.oauth_token_ttl_secs.max(1));
 
-    let gateway = Gateway::with_authenticator(proxy_settings(&args), authn.clone());
+    let limiter = traffic::limiter(&args)?;
+    traffic::seed_quotas(&store, &limiter)
+        .await
+        .context("cannot load this month's quota counts")?;
+    let catalog = tollgate_limits::Catalog::new();
+    let gateway = Gateway::with_env(
+        proxy_settings(&args),
+        tollgate_policies::PolicyEnv {
+            authn: authn.clone(),
+            limiter: limiter.clone(),
+            catalog: catalog.clone(),
+        },
+    );
     let status = Arc::new(NodeStatus::default());
     let (revision, config) = store
         .export()
@@ -264,6 +277,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         store: store.clone(),
         authn: authn.clone(),
         oauth: gateway.oauth().cloned(),
+        catalog,
         token_ttl,
     };
     let seq = sync
@@ -282,6 +296,13 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         shutdown.clone(),
     )));
 
+    tasks.push(tokio::spawn(traffic::flush_quotas(
+        store.clone(),
+        limiter.clone(),
+        Duration::from_millis(args.usage_flush_ms.max(10)),
+        shutdown.clone(),
+    )));
+
     let mut admin_addr = None;
     if args.roles.contains(&Role::Admin) {
         let listener = tokio::net::TcpListener::bind(args.admin_listen)
@@ -293,6 +314,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             status: status.clone(),
             pepper: pepper.clone(),
             token_ttl,
+            usage: Some(Arc::new(traffic::LimiterUsage(limiter.clone()))),
         });
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {

@@ -650,23 +650,41 @@ impl ChangeLog {
         Ok(())
     }
 
-    /// Records a change for every key and client of the organization (of one
-    /// app when given): before a delete cascades them away.
-    pub(crate) async fn record_credentials(
+    /// Records a change for every key, client and subscription of the
+    /// organization (of one app when given): before a delete cascades them
+    /// away.
+    pub(crate) async fn record_cascade(
         &self,
         conn: &mut Conn,
         org: &OrgId,
         app: Option<&AppId>,
     ) -> Result<(), StoreError> {
-        const KEYS: &str = "INSERT INTO identity_changes (seq, entity, entity_id, created_at) \
-             SELECT $1 + ROW_NUMBER() OVER (ORDER BY id), 'key', id, $2 FROM api_keys \
-             WHERE org_id = $3 AND ($4 IS NULL OR app_id = $4)";
-        const CLIENTS: &str = "INSERT INTO identity_changes (seq, entity, entity_id, created_at) \
-             SELECT $1 + ROW_NUMBER() OVER (ORDER BY id), 'client', id, $2 FROM oauth_clients \
-             WHERE org_id = $3 AND ($4 IS NULL OR app_id = $4)";
+        self.record_rows(conn, &[KEYS, CLIENTS, SUBSCRIPTIONS], org, app)
+            .await
+    }
+
+    /// Records a change for every subscription of the organization: when
+    /// its time zone, which their grants carry, changes.
+    pub(crate) async fn record_subscriptions(
+        &self,
+        conn: &mut Conn,
+        org: &OrgId,
+    ) -> Result<(), StoreError> {
+        self.record_rows(conn, &[SUBSCRIPTIONS], org, None).await
+    }
+
+    /// Runs each `INSERT ... SELECT` of [`KEYS`], [`CLIENTS`] and
+    /// [`SUBSCRIPTIONS`], numbering its rows after the current sequence.
+    async fn record_rows(
+        &self,
+        conn: &mut Conn,
+        statements: &[&str],
+        org: &OrgId,
+        app: Option<&AppId>,
+    ) -> Result<(), StoreError> {
         let app = app.map(AppId::as_str);
         let mut base = current_seq(conn).await?;
-        for sql in [KEYS, CLIENTS] {
+        for sql in statements {
             let n = on_conn!(conn, |c| sqlx::query(sql)
                 .bind(base)
                 .bind(self.now)
@@ -683,6 +701,20 @@ impl ChangeLog {
         Ok(())
     }
 }
+
+/// Change rows for every key of organization `$3` (of app `$4` unless NULL),
+/// numbered after `$1`, at time `$2`.
+const KEYS: &str = "INSERT INTO identity_changes (seq, entity, entity_id, created_at) \
+     SELECT $1 + ROW_NUMBER() OVER (ORDER BY id), 'key', id, $2 FROM api_keys \
+     WHERE org_id = $3 AND ($4 IS NULL OR app_id = $4)";
+/// The same for OAuth clients.
+const CLIENTS: &str = "INSERT INTO identity_changes (seq, entity, entity_id, created_at) \
+     SELECT $1 + ROW_NUMBER() OVER (ORDER BY id), 'client', id, $2 FROM oauth_clients \
+     WHERE org_id = $3 AND ($4 IS NULL OR app_id = $4)";
+/// The same for subscriptions (an app's includes its keys').
+const SUBSCRIPTIONS: &str = "INSERT INTO identity_changes (seq, entity, entity_id, created_at) \
+     SELECT $1 + ROW_NUMBER() OVER (ORDER BY id), 'subscription', id, $2 FROM subscriptions \
+     WHERE org_id = $3 AND ($4 IS NULL OR app_id = $4)";
 
 /// The last change's sequence number (0 before the first).
 pub(crate) async fn current_seq(conn: &mut Conn) -> Result<i64, StoreError> {

@@ -1,5 +1,6 @@
 //! Operator-level identity: organizations and users.
 
+use tollgate_core::config::check_timezone;
 use tollgate_core::identity::Role;
 use tollgate_core::ids::{OrgId, UserId};
 
@@ -7,7 +8,7 @@ use super::check::{self, Errors};
 use super::credential_sql::ChangeLog;
 use super::sql;
 use crate::sql::now_millis;
-use crate::{Listed, Organization, Page, Store, StoreError, User};
+use crate::{Listed, OrgUpdate, Organization, Page, Store, StoreError, User};
 
 impl Store {
     // -- Organizations -----------------------------------------------------
@@ -19,13 +20,35 @@ impl Store {
         name: &str,
         display_name: &str,
     ) -> Result<Organization, StoreError> {
+        self.create_org_with_timezone(name, display_name, None)
+            .await
+    }
+
+    /// Creates an organization with a time zone (an IANA name; `None`:
+    /// UTC), which its monthly quotas follow.
+    pub async fn create_org_with_timezone(
+        &self,
+        name: &str,
+        display_name: &str,
+        timezone: Option<&str>,
+    ) -> Result<Organization, StoreError> {
         let mut errs = Errors::default();
         check::slug(name, &mut errs);
         check::text(display_name, "display_name", 1, check::MAX_NAME, &mut errs);
+        if let Some(tz) = timezone {
+            timezone_check(tz, &mut errs);
+        }
         errs.finish()?;
         let mut conn = self.pool.write().await?;
-        let row =
-            sql::insert_org(&mut conn, &OrgId::new(), name, display_name, now_millis()).await?;
+        let row = sql::insert_org(
+            &mut conn,
+            &OrgId::new(),
+            name,
+            display_name,
+            timezone,
+            now_millis(),
+        )
+        .await?;
         conn.commit().await?;
         row.into_record()
     }
@@ -70,24 +93,55 @@ impl Store {
         id: &OrgId,
         display_name: &str,
     ) -> Result<Organization, StoreError> {
+        let update = OrgUpdate {
+            display_name: Some(display_name.to_owned()),
+            timezone: None,
+        };
+        self.patch_org(id, update).await
+    }
+
+    /// Changes the given fields of an organization. A new time zone records
+    /// a change for each of its subscriptions, whose grants carry it, so
+    /// gateways move its monthly quota periods at once.
+    pub async fn patch_org(
+        &self,
+        id: &OrgId,
+        update: OrgUpdate,
+    ) -> Result<Organization, StoreError> {
         let mut errs = Errors::default();
-        check::text(display_name, "display_name", 1, check::MAX_NAME, &mut errs);
+        if let Some(display_name) = &update.display_name {
+            check::text(display_name, "display_name", 1, check::MAX_NAME, &mut errs);
+        }
+        if let Some(Some(tz)) = &update.timezone {
+            timezone_check(tz, &mut errs);
+        }
         errs.finish()?;
+        let now = now_millis();
         let mut conn = self.pool.write().await?;
-        let row = sql::update_org(&mut conn, id, display_name, now_millis())
+        let log = ChangeLog::begin(&mut conn, now).await?;
+        let current = sql::org_by_id(&mut conn, id)
             .await?
             .ok_or_else(|| StoreError::not_found("organization", id))?;
+        let display_name = update.display_name.unwrap_or(current.display_name);
+        let timezone = update.timezone.unwrap_or(current.timezone.clone());
+        let row = sql::update_org(&mut conn, id, &display_name, timezone.as_deref(), now)
+            .await?
+            .ok_or_else(|| StoreError::not_found("organization", id))?;
+        if timezone != current.timezone {
+            log.record_subscriptions(&mut conn, id).await?;
+        }
         conn.commit().await?;
         row.into_record()
     }
 
-    /// Deletes an organization with its memberships, apps, keys and clients.
-    /// Records a change for every key and client, so gateways drop them.
+    /// Deletes an organization with its memberships, apps, keys, clients and
+    /// subscriptions. Records a change for every key, client and
+    /// subscription, so gateways drop them.
     pub async fn delete_org(&self, id: &OrgId) -> Result<(), StoreError> {
         let now = now_millis();
         let mut conn = self.pool.write().await?;
         let log = ChangeLog::begin(&mut conn, now).await?;
-        log.record_credentials(&mut conn, id, None).await?;
+        log.record_cascade(&mut conn, id, None).await?;
         if !sql::delete_org(&mut conn, id).await? {
             return Err(StoreError::not_found("organization", id));
         }
@@ -158,5 +212,11 @@ impl Store {
                 Ok((row.org.into_record()?, role))
             })
             .collect()
+    }
+}
+
+fn timezone_check(tz: &str, errs: &mut Errors) {
+    if let Err(reason) = check_timezone(tz) {
+        errs.push("timezone", reason);
     }
 }

@@ -8,6 +8,7 @@ use tollgate_core::ids::{ClientId, KeyId, SigningKeyId};
 use super::check::{self, Errors};
 use super::credential_sql::{self as csql, ChangeLog};
 use super::sql;
+use super::subscription_sql as ssql;
 use crate::sql::now_millis;
 use crate::{
     ChangeEntity, ClientGrant, IdentityChange, IdentitySnapshot, KeyGrant, SigningKey,
@@ -20,8 +21,9 @@ pub const MAX_CHANGES_PER_READ: u32 = 10_000;
 impl Store {
     // -- Gateway feed ------------------------------------------------------
 
-    /// Every usable credential, read in one consistent snapshot together with
-    /// the sequence number of the last change it reflects. A node loads this
+    /// Every usable credential and every subscription, read in one
+    /// consistent snapshot together with the sequence number of the last
+    /// change it reflects. A node loads this
     /// at start, then applies [`Store::identity_changes`] after `seq`.
     pub async fn identity_snapshot(&self) -> Result<IdentitySnapshot, StoreError> {
         let now = now_millis();
@@ -31,6 +33,7 @@ impl Store {
         let clients = csql::client_grants(&mut conn).await?;
         let signing = csql::signing_material(&mut conn, now).await?;
         let revoked_tokens = csql::revoked_tokens(&mut conn, now.div_euclid(1000)).await?;
+        let subscriptions = ssql::subscription_grants(&mut conn).await?;
         conn.commit().await?;
         Ok(IdentitySnapshot {
             seq,
@@ -47,6 +50,10 @@ impl Store {
                 .map(csql::SigningMaterialRow::into_material)
                 .collect::<Result<_, _>>()?,
             revoked_tokens,
+            subscriptions: subscriptions
+                .into_iter()
+                .map(ssql::SubscriptionGrantRow::into_grant)
+                .collect::<Result<_, _>>()?,
         })
     }
 

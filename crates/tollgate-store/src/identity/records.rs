@@ -11,8 +11,9 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tollgate_core::config::PlanLimits;
 use tollgate_core::identity::{KeyEnvironment, Role};
-use tollgate_core::ids::{AppId, ClientId, KeyId, OrgId, SigningKeyId, UserId};
+use tollgate_core::ids::{AppId, ClientId, KeyId, OrgId, SigningKeyId, SubscriptionId, UserId};
 
 /// An organization: a tenant, owning members and apps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -21,8 +22,20 @@ pub struct Organization {
     /// Unique slug: 1 to 64 of `a-z`, `0-9` and `-`.
     pub name: String,
     pub display_name: String,
+    /// IANA time zone name (`Europe/Berlin`): the organization's monthly
+    /// quotas start at midnight on the 1st there. UTC when null.
+    #[serde(default)]
+    pub timezone: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Changes to an organization; `None` leaves a field as it is.
+/// `timezone: Some(None)` removes the time zone (UTC).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OrgUpdate {
+    pub display_name: Option<String>,
+    pub timezone: Option<Option<String>>,
 }
 
 /// A person who can sign in to the portal or admin dashboard.
@@ -157,6 +170,47 @@ pub struct KeyUpdate {
     pub expires_at: Option<Option<DateTime<Utc>>>,
 }
 
+/// A subscription: an organization, one of its apps, or one of that app's
+/// keys bound to a plan, for one API or for every API. When several match
+/// a request, the key's wins over the app's and the app's over the
+/// organization's; at each level an API-specific one wins over an
+/// all-APIs one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Subscription {
+    pub id: SubscriptionId,
+    pub org_id: OrgId,
+    /// The app subscribed; absent for an organization-wide subscription.
+    pub app_id: Option<AppId>,
+    /// The key subscribed (a key of `app_id`); absent unless key-level.
+    pub key_id: Option<KeyId>,
+    /// The plan's name.
+    pub plan: String,
+    /// The API (service name) this subscription is for; absent: every API.
+    pub api: Option<String>,
+    /// Limits that replace the plan's (only the fields set).
+    pub overrides: PlanLimits,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A subscription to create. `key_id` needs `app_id`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewSubscription {
+    pub plan: String,
+    pub api: Option<String>,
+    pub app_id: Option<AppId>,
+    pub key_id: Option<KeyId>,
+    pub overrides: PlanLimits,
+}
+
+/// Changes to a subscription; `None` leaves a field as it is. `overrides`
+/// replaces the whole set of overrides.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubscriptionUpdate {
+    pub plan: Option<String>,
+    pub overrides: Option<PlanLimits>,
+}
+
 // ---------------------------------------------------------------------------
 // Gateway feed
 
@@ -175,6 +229,25 @@ pub struct IdentitySnapshot {
     pub signing_keys: Vec<SigningKeyMaterial>,
     /// Revoked, not yet expired access tokens: (jti, `exp` in unix seconds).
     pub revoked_tokens: Vec<(String, i64)>,
+    /// Every subscription, with its organization's time zone.
+    pub subscriptions: Vec<SubscriptionGrant>,
+}
+
+/// A subscription as the gateway needs it: who, which plan (by name; the
+/// plan itself is in the configuration), which API, the overrides, and the
+/// organization's time zone for monthly quotas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionGrant {
+    pub id: SubscriptionId,
+    pub org_id: OrgId,
+    pub app_id: Option<AppId>,
+    pub key_id: Option<KeyId>,
+    pub plan: String,
+    /// A service name; `None`: every API.
+    pub api: Option<String>,
+    pub overrides: PlanLimits,
+    /// The organization's IANA time zone; `None`: UTC.
+    pub timezone: Option<String>,
 }
 
 /// What a usable API key grants.
@@ -259,7 +332,7 @@ impl fmt::Debug for SigningKeyMaterial {
 pub struct IdentityChange {
     pub seq: i64,
     pub entity: ChangeEntity,
-    /// A key id, client id or signing key id, or a token's jti.
+    /// A key, client, signing key or subscription id, or a token's jti.
     pub entity_id: String,
 }
 
@@ -276,6 +349,10 @@ pub enum ChangeEntity {
     /// The token with this jti was revoked.
     #[serde(rename = "token")]
     RevokedToken,
+    /// Re-read with [`crate::Store::subscription_grant`] (`None`: removed).
+    /// Also recorded for every subscription of an organization whose time
+    /// zone changed.
+    Subscription,
 }
 
 impl ChangeEntity {
@@ -286,6 +363,7 @@ impl ChangeEntity {
             ChangeEntity::Client => "client",
             ChangeEntity::SigningKey => "signing_key",
             ChangeEntity::RevokedToken => "token",
+            ChangeEntity::Subscription => "subscription",
         }
     }
 
@@ -295,6 +373,7 @@ impl ChangeEntity {
             "client" => ChangeEntity::Client,
             "signing_key" => ChangeEntity::SigningKey,
             "token" => ChangeEntity::RevokedToken,
+            "subscription" => ChangeEntity::Subscription,
             _ => return None,
         })
     }

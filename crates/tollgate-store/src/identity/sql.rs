@@ -55,6 +55,7 @@ pub(crate) struct OrgRow {
     pub id: String,
     pub name: String,
     pub display_name: String,
+    pub timezone: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -66,13 +67,14 @@ impl OrgRow {
             id: parse_id(&self.id, &what)?,
             name: self.name,
             display_name: self.display_name,
+            timezone: self.timezone,
             created_at: timestamp(self.created_at, &what)?,
             updated_at: timestamp(self.updated_at, &what)?,
         })
     }
 }
 
-const ORG_COLUMNS: &str = "id, name, display_name, created_at, updated_at";
+const ORG_COLUMNS: &str = "id, name, display_name, timezone, created_at, updated_at";
 
 fn org_conflict(name: &str) -> String {
     format!("an organization named `{name}` already exists")
@@ -83,16 +85,18 @@ pub(crate) async fn insert_org(
     id: &OrgId,
     name: &str,
     display_name: &str,
+    timezone: Option<&str>,
     now: i64,
 ) -> Result<OrgRow, StoreError> {
     let sql = format!(
-        "INSERT INTO organizations ({ORG_COLUMNS}) VALUES ($1, $2, $3, $4, $4) \
+        "INSERT INTO organizations ({ORG_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $5) \
          RETURNING {ORG_COLUMNS}"
     );
     on_conn!(conn, |c| sqlx::query_as(&sql)
         .bind(id.as_str())
         .bind(name)
         .bind(display_name)
+        .bind(timezone)
         .bind(now)
         .fetch_one(&mut *c)
         .await)
@@ -132,15 +136,17 @@ pub(crate) async fn update_org(
     conn: &mut Conn,
     id: &OrgId,
     display_name: &str,
+    timezone: Option<&str>,
     now: i64,
 ) -> Result<Option<OrgRow>, StoreError> {
     let sql = format!(
-        "UPDATE organizations SET display_name = $2, updated_at = $3 WHERE id = $1 \
-         RETURNING {ORG_COLUMNS}"
+        "UPDATE organizations SET display_name = $2, timezone = $3, updated_at = $4 \
+         WHERE id = $1 RETURNING {ORG_COLUMNS}"
     );
     Ok(on_conn!(conn, |c| sqlx::query_as(&sql)
         .bind(id.as_str())
         .bind(display_name)
+        .bind(timezone)
         .bind(now)
         .fetch_optional(&mut *c)
         .await)?)
@@ -380,7 +386,8 @@ pub(crate) async fn memberships_of(
     conn: &mut Conn,
     user: &UserId,
 ) -> Result<Vec<MembershipRow>, StoreError> {
-    const SQL: &str = "SELECT o.id, o.name, o.display_name, o.created_at, o.updated_at, m.role \
+    const SQL: &str = "SELECT o.id, o.name, o.display_name, o.timezone, o.created_at, \
+         o.updated_at, m.role \
          FROM memberships m JOIN organizations o ON o.id = m.org_id \
          WHERE m.user_id = $1 ORDER BY o.id";
     Ok(on_conn!(conn, |c| sqlx::query_as(SQL)

@@ -172,16 +172,15 @@ impl Tenant<'_> {
         row.into_record()
     }
 
-    /// Deletes an app with its keys and clients, recording a change for each
-    /// so gateways drop them.
+    /// Deletes an app with its keys, clients and subscriptions, recording a
+    /// change for each so gateways drop them.
     pub async fn delete_app(&self, id: &AppId) -> Result<(), StoreError> {
         let mut conn = self.store.pool.write().await?;
         let log = ChangeLog::begin(&mut conn, now_millis()).await?;
         if sql::app_by_id(&mut conn, &self.org, id).await?.is_none() {
             return Err(StoreError::not_found("app", id));
         }
-        log.record_credentials(&mut conn, &self.org, Some(id))
-            .await?;
+        log.record_cascade(&mut conn, &self.org, Some(id)).await?;
         sql::delete_app(&mut conn, &self.org, id).await?;
         conn.commit().await
     }
