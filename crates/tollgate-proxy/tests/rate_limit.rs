@@ -4,6 +4,8 @@
 //! change); concurrency; the IETF fields and the 429 problem. Redis and
 //! two-node behaviour are covered by the binary's tests.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
