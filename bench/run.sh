@@ -26,6 +26,7 @@ RATE="${RATE:-}"                     # fixed rate in req/s; default: RATE_FRACTI
 RATE_FRACTION="${RATE_FRACTION:-0.5}" # default fixed rate = this x nginx's max (capped, see oha_max)
 LATENCY_TOOL="${LATENCY_TOOL:-auto}" # auto | oha | wrk2 | none
 NO_TOLLGATE="${NO_TOLLGATE:-0}"      # 1: measure only upstream direct and nginx proxy_pass
+SCENARIOS="${SCENARIOS:-}"           # comma-separated scenario names to run; default: all
 TOLLGATE_BIN="${TOLLGATE_BIN:-}"     # use this binary instead of building one
 READY_TIMEOUT="${READY_TIMEOUT:-30}" # seconds to wait for a server to come up
 BENCH_NICE="${BENCH_NICE:--10}"      # nice value for servers and load generators (root only)
@@ -49,6 +50,8 @@ ADMIN_TOKEN=bench-admin-token-0123456789 # Tollgate requires at least 16 charact
 tollgate_scenarios() {
     run_tollgate_scenario "pass-through" "$BENCH_DIR/scenarios/passthrough.yaml"
     run_tollgate_scenario "key auth" "$BENCH_DIR/scenarios/key-auth.yaml"
+    run_tollgate_scenario "rate limit" "$BENCH_DIR/scenarios/rate-limit.yaml"
+    run_tollgate_scenario "rate limit, Redis" "$BENCH_DIR/scenarios/rate-limit-redis.yaml"
 }
 
 # ---------------------------------------------------------------- helpers
@@ -287,7 +290,17 @@ start_tollgate() {
     local dir="$WORK/tollgate-$tag"
     mkdir -p "$dir/data"
     cp "$config" "$dir/config.yaml"
-    TOLLGATE_DATA_DIR="$dir/data" \
+    # A scenario may set extra settings in <scenario>.env (KEY=VALUE lines).
+    local extra=()
+    local envfile="${config%.yaml}.env"
+    if [[ -f "$envfile" ]]; then
+        local kv
+        while IFS= read -r kv; do
+            [[ -n "$kv" && "$kv" != \#* ]] && extra+=("$kv")
+        done <"$envfile"
+    fi
+    env "${extra[@]+"${extra[@]}"}" \
+        TOLLGATE_DATA_DIR="$dir/data" \
         TOLLGATE_PROXY_LISTEN="127.0.0.1:$TOLLGATE_PORT" \
         TOLLGATE_ADMIN_LISTEN="127.0.0.1:$TOLLGATE_ADMIN_PORT" \
         TOLLGATE_WORKER_THREADS="$n" \
@@ -457,6 +470,10 @@ run_tollgate_scenario() {
     shift 2
     [[ -f "$config" ]] || die "scenario '$name': config file $config not found"
     [[ "$NO_TOLLGATE" == 1 ]] && return 0
+    if [[ -n "$SCENARIOS" && ",$SCENARIOS," != *",$name,"* ]]; then
+        log "scenario '$name' skipped (not in SCENARIOS)"
+        return 0
+    fi
     local n="$CUR_N" r
     CUR_TAG=$((CUR_TAG + 1))
     log "N=$n scenario '$name' ($config): starting Tollgate on CPUs $PROXY_CPUS"
