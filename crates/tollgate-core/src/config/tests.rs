@@ -148,22 +148,114 @@ fn json_schema_snapshot_is_current() {
     );
 }
 
-/// Every example configuration in the repository must load.
+/// Every example configuration in the repository (and every benchmark
+/// scenario) must load.
 #[test]
 fn example_configs_are_valid() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).expect("examples/ exists") {
-        let path = entry.expect("entry").path();
-        if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) {
-            Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
-            n += 1;
+    for sub in ["../../examples", "../../bench/scenarios"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(sub);
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("the directory exists") {
+            let path = entry.expect("entry").path();
+            if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            ) {
+                Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
         }
+        assert!(n > 0, "no configs found in {sub}");
     }
-    assert!(n > 0, "no example configs found");
+}
+
+const PLANS: &str = r#"
+plans:
+  - name: free
+    limits: {per_second: 5, monthly_quota: 1000}
+    apis: [orders]
+    pricing: {currency: USD}
+  - name: pro
+    limits: {per_second: 50, burst: 100, per_hour: 100000, monthly_quota: 1000000, concurrency: 20}
+    scopes: [orders:read]
+    pricing: {currency: EUR, monthly_fee: 4900, included_requests: 1000000, overage_per_1000: 5}
+services:
+  - name: orders
+    url: http://127.0.0.1:9000
+    routes:
+      - name: orders
+        paths: [/orders]
+        policies:
+          - name: rate_limit
+            config:
+              subscription: required
+              on_backend_error: closed
+              limits:
+                - {requests: 10, per: 1s, burst: 20, by: ip}
+                - {name: tenant, requests: 600, per: 1m, algorithm: sliding_window, by: "header:X-Tenant"}
+                - {name: monthly, requests: 5000, per: month, timezone: Europe/Berlin, by: "claim:sub"}
+              concurrency: {max: 4, by: consumer}
+"#;
+
+#[test]
+fn plans_and_rate_limits_load() {
+    let c = Config::from_yaml(PLANS, "plans.yaml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.plans.len(), 2);
+    assert_eq!(c.plans[1].limits.concurrency, Some(20));
+    // Round trip through the export format.
+    let again = Config::from_yaml(&c.to_yaml(), "export.yaml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again, c);
+}
+
+#[test]
+fn bad_plans_and_limits_name_their_path() {
+    let cases = [
+        ("limits: {per_second: 0}", "plans[0].limits.per_second"),
+        ("limits: {burst: 5}", "plans[0].limits.burst"),
+        ("apis: [nowhere]", "plans[0].apis[0]"),
+        ("pricing: {currency: usd}", "plans[0].pricing.currency"),
+    ];
+    for (plan, path) in cases {
+        let yaml = format!(
+            "plans:\n  - name: p\n    {plan}\nservices:\n  - name: orders\n    url: http://127.0.0.1:9000\n"
+        );
+        let err = Config::from_yaml(&yaml, "p.yaml")
+            .expect_err(plan)
+            .to_string();
+        assert!(err.contains(path), "{plan}: {err}");
+    }
+    let limit = |l: &str| {
+        format!(
+            "services:\n  - name: s\n    url: http://127.0.0.1:9000\n    policies:\n      - name: rate_limit\n        config:\n          limits: [{l}]\n"
+        )
+    };
+    let cases = [
+        ("{requests: 0, per: 1s}", "limits[0].requests"),
+        ("{requests: 5, per: month, burst: 2}", "limits[0].burst"),
+        (
+            "{requests: 5, per: 1s, timezone: Europe/Berlin}",
+            "limits[0].timezone",
+        ),
+        (
+            "{requests: 5, per: month, timezone: Mars/Base}",
+            "limits[0].timezone",
+        ),
+        (
+            "{requests: 5, per: 1s, algorithm: sliding_window, burst: 9}",
+            "limits[0].burst",
+        ),
+        (
+            "{requests: 5, per: weekly}",
+            "neither a duration nor `month`",
+        ),
+        ("{requests: 5, per: 1s, by: user}", "unknown `by` value"),
+    ];
+    for (l, want) in cases {
+        let err = Config::from_yaml(&limit(l), "l.yaml")
+            .expect_err(l)
+            .to_string();
+        assert!(err.contains(want), "{l}: {err}");
+    }
 }
 
 const ISSUERS: &str = r#"

@@ -140,16 +140,7 @@ fn default_true() -> bool {
 
 /// How a route treats the caller's subscription.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    JsonSchema,
-    utoipa::ToSchema,
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum SubscriptionMode {
@@ -161,16 +152,7 @@ pub enum SubscriptionMode {
 
 /// Behaviour when the counter store is unreachable.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    JsonSchema,
-    utoipa::ToSchema,
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum FailureMode {
@@ -183,16 +165,7 @@ pub enum FailureMode {
 
 /// How a rate is counted.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    JsonSchema,
-    utoipa::ToSchema,
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
@@ -420,10 +393,7 @@ pub(super) fn plan(p: &PlanSpec, at: &str, errs: &mut Errors) {
     {
         errs.push(
             format!("{at}.pricing.currency"),
-            format!(
-                "`{}` is not an ISO 4217 code such as `USD`",
-                pr.currency
-            ),
+            format!("`{}` is not an ISO 4217 code such as `USD`", pr.currency),
         );
     }
 }
@@ -460,10 +430,7 @@ pub(super) fn rate_limit(c: &RateLimitConfig, at: &str, errs: &mut Errors) {
         }
         if let Some(tz) = &l.timezone {
             if l.per != Period::Month {
-                errs.push(
-                    format!("{lat}.timezone"),
-                    "applies to `per: month` only",
-                );
+                errs.push(format!("{lat}.timezone"), "applies to `per: month` only");
             }
             if let Err(e) = check_timezone(tz) {
                 errs.push(format!("{lat}.timezone"), e);
@@ -492,7 +459,16 @@ mod tests {
 
     #[test]
     fn by_parses_and_prints() {
-        for s in ["consumer", "ip", "key", "app", "org", "route", "header:x-tenant", "claim:sub"] {
+        for s in [
+            "consumer",
+            "ip",
+            "key",
+            "app",
+            "org",
+            "route",
+            "header:x-tenant",
+            "claim:sub",
+        ] {
             let b: LimitBy = s.parse().unwrap();
             assert_eq!(b.to_string(), s);
         }

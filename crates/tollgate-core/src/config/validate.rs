@@ -427,7 +427,9 @@ pub(super) fn policies(
                 }
             }
             PolicySpec::RequestSizeLimit(_) => {}
-            PolicySpec::RateLimit(c) => super::traffic::rate_limit(c, &format!("{pat}.config"), errs),
+            PolicySpec::RateLimit(c) => {
+                super::traffic::rate_limit(c, &format!("{pat}.config"), errs)
+            }
             PolicySpec::Auth(c) => {
                 super::identity::auth(c, issuers, &format!("{pat}.config"), errs)
             }
