@@ -99,7 +99,7 @@ pub struct Unavailable(pub String);
 
 enum Backend {
     Local(local::Local),
-    Redis(redis::Redis),
+    Redis(Box<redis::Redis>),
 }
 
 /// After a failure, other decisions fail at once (per the route's failure
@@ -148,7 +148,7 @@ impl Limiter {
 
     /// Counters on Redis.
     pub fn redis(r: redis::Redis) -> Limiter {
-        Limiter::with(Backend::Redis(r))
+        Limiter::with(Backend::Redis(Box::new(r)))
     }
 
     fn with(backend: Backend) -> Limiter {

@@ -6,12 +6,12 @@
 //! tag, so every counter of one subject lives in one slot.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, Value};
+use redis::{Script, ScriptInvocation, Value};
 
 use crate::algo::{Rule, Status};
 use crate::calendar;
@@ -41,7 +41,12 @@ pub struct RedisError(pub String);
 pub struct Redis {
     client: redis::Client,
     conn: ArcSwapOption<ConnectionManager>,
-    connecting: AtomicBool,
+    /// Held while connecting, so the first decisions of a node share one
+    /// attempt instead of failing while another one connects.
+    connecting: tokio::sync::Mutex<()>,
+    /// Failed connection attempts so far: a decision that waited on an
+    /// attempt that failed fails too, instead of trying again at once.
+    connect_failures: AtomicU64,
     script: Script,
     timeout: Duration,
     /// Source of unique concurrency-slot names.
@@ -65,7 +70,8 @@ impl Redis {
         Ok(Redis {
             client,
             conn: ArcSwapOption::empty(),
-            connecting: AtomicBool::new(false),
+            connecting: tokio::sync::Mutex::new(()),
+            connect_failures: AtomicU64::new(0),
             script: Script::new(SCRIPT),
             timeout: opts.timeout,
             node: format!("{:016x}", rand_u64()),
@@ -81,37 +87,113 @@ impl Redis {
         self
     }
 
+    /// The connection, made on first use. Not bounded in time by itself:
+    /// callers run it under their timeout, and giving up (dropping the
+    /// future) leaves nothing behind but a later attempt.
     async fn connection(&self) -> Result<ConnectionManager, RedisError> {
         if let Some(c) = self.conn.load_full() {
             return Ok((*c).clone());
         }
-        if self.connecting.swap(true, Ordering::AcqRel) {
-            return Err(RedisError("connecting to Redis".into()));
+        let failures = self.connect_failures.load(Ordering::Acquire);
+        let _one_attempt = self.connecting.lock().await;
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
+        }
+        if self.connect_failures.load(Ordering::Acquire) != failures {
+            return Err(RedisError("cannot connect to Redis".into()));
         }
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(self.timeout)
             .set_response_timeout(self.timeout)
             .set_number_of_retries(1);
-        let made = ConnectionManager::new_with_config(self.client.clone(), cfg).await;
-        self.connecting.store(false, Ordering::Release);
-        let c = made.map_err(|e| RedisError(e.to_string()))?;
-        self.conn.store(Some(Arc::new(c.clone())));
-        Ok(c)
+        match ConnectionManager::new_with_config(self.client.clone(), cfg).await {
+            Ok(c) => {
+                self.conn.store(Some(Arc::new(c.clone())));
+                Ok(c)
+            }
+            Err(e) => {
+                self.connect_failures.fetch_add(1, Ordering::AcqRel);
+                Err(RedisError(e.to_string()))
+            }
+        }
+    }
+
+    /// Runs `op` with the connection, both within the timeout.
+    async fn within_timeout<T, F>(
+        &self,
+        op: impl FnOnce(ConnectionManager) -> F,
+    ) -> Result<T, RedisError>
+    where
+        F: Future<Output = Result<T, RedisError>>,
+    {
+        let run = async {
+            let conn = self.connection().await?;
+            op(conn).await
+        };
+        match tokio::time::timeout(self.timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(RedisError(format!(
+                "Redis did not answer within {:?}",
+                self.timeout
+            ))),
+        }
     }
 
     /// Runs one decision. `now_us` is the node's clock: it only picks which
     /// months' counters the script may touch (the server's clock picks
     /// among them), unless the fixed clock is on.
     pub async fn decide(&self, checks: &[Check<'_>], now_us: i64) -> Result<Decision, RedisError> {
-        let mut conn = self.connection().await?;
         let member = format!("{}-{}", self.node, self.seq.fetch_add(1, Ordering::Relaxed));
+        let (inv, held) = self.invocation(checks, now_us, &member);
+        let (reply, conn) = self
+            .within_timeout(|mut conn| async move {
+                let reply: Vec<Value> = inv
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| RedisError(e.to_string()))?;
+                Ok((reply, conn))
+            })
+            .await?;
+        let mut it = reply.iter().map(int);
+        let allowed = it.next().flatten() == Some(1);
+        let _server_now = it.next();
+        let mut statuses = Vec::with_capacity(checks.len());
+        for _ in checks {
+            let mut f = || it.next().flatten().unwrap_or(0);
+            let (ok, remaining, reset_us, retry_after_us, _start) = (f(), f(), f(), f(), f());
+            statuses.push(Status {
+                allowed: ok == 1,
+                remaining: remaining.max(0) as u64,
+                reset_us,
+                retry_after_us,
+            });
+        }
+        if statuses.len() != checks.len() {
+            return Err(RedisError("unexpected reply from the limit script".into()));
+        }
+        let permit = (allowed && !held.is_empty()).then(|| Permit::redis(conn, held, member));
+        Ok(Decision {
+            allowed,
+            statuses,
+            permit,
+        })
+    }
+
+    /// The script's keys and arguments for `checks`, and the keys of the
+    /// concurrency slots it would take.
+    fn invocation(
+        &self,
+        checks: &[Check<'_>],
+        now_us: i64,
+        member: &str,
+    ) -> (ScriptInvocation<'_>, Vec<String>) {
         let mut inv = self.script.prepare_invoke();
         inv.arg(if self.fixed_clock {
             now_us.to_string()
         } else {
             String::new()
         });
-        inv.arg(&member);
+        inv.arg(member);
         let mut held = Vec::new();
         for c in checks {
             match c.rule {
@@ -152,55 +234,21 @@ impl Redis {
                 }
             }
         }
-        let reply: Vec<Value> =
-            match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => return Err(RedisError(e.to_string())),
-                Err(_) => {
-                    return Err(RedisError(format!(
-                        "Redis did not answer within {:?}",
-                        self.timeout
-                    )));
-                }
-            };
-        let mut it = reply.iter().map(int);
-        let allowed = it.next().flatten() == Some(1);
-        let _server_now = it.next();
-        let mut statuses = Vec::with_capacity(checks.len());
-        for _ in checks {
-            let mut f = || it.next().flatten().unwrap_or(0);
-            let (ok, remaining, reset_us, retry_after_us, _start) = (f(), f(), f(), f(), f());
-            statuses.push(Status {
-                allowed: ok == 1,
-                remaining: remaining.max(0) as u64,
-                reset_us,
-                retry_after_us,
-            });
-        }
-        if statuses.len() != checks.len() {
-            return Err(RedisError("unexpected reply from the limit script".into()));
-        }
-        let permit = (allowed && !held.is_empty()).then(|| Permit::redis(conn, held, member));
-        Ok(Decision {
-            allowed,
-            statuses,
-            permit,
-        })
+        (inv, held)
     }
 
     /// The count of `key`'s month starting at `start_us`.
     pub async fn quota_used(&self, key: &str, start_us: i64) -> Result<u64, RedisError> {
-        let mut conn = self.connection().await?;
-        let v: Option<u64> = tokio::time::timeout(
-            self.timeout,
-            redis::cmd("GET")
-                .arg(month_key(key, start_us))
-                .query_async(&mut conn),
-        )
+        let key = month_key(key, start_us);
+        self.within_timeout(|mut conn| async move {
+            let v: Option<u64> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| RedisError(e.to_string()))?;
+            Ok(v.unwrap_or(0))
+        })
         .await
-        .map_err(|_| RedisError("Redis did not answer in time".into()))?
-        .map_err(|e| RedisError(e.to_string()))?;
-        Ok(v.unwrap_or(0))
     }
 }
 
