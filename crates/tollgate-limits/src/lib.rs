@@ -187,9 +187,7 @@ impl Limiter {
         let d = match &self.backend {
             Backend::Local(l) => l.decide(checks, now_us),
             Backend::Redis(r) => {
-                if self.failing.load(Ordering::Acquire)
-                    && now_us < self.retry_at_us.load(Ordering::Acquire)
-                {
+                if self.failing.load(Ordering::Acquire) && !self.claim_probe(now_us) {
                     self.counters.backend_errors.fetch_add(1, Ordering::Relaxed);
                     return Err(Unavailable("Redis is down; retrying shortly".into()));
                 }
@@ -219,6 +217,24 @@ impl Limiter {
         };
         c.fetch_add(1, Ordering::Relaxed);
         Ok(d)
+    }
+
+    /// While the backend is failing: whether this decision is the one that
+    /// asks it again. Once the back-off has passed, the first decision to
+    /// claim the probe moves the next attempt on; the others still fail at
+    /// once instead of all waiting on a server that may still be down.
+    fn claim_probe(&self, now_us: i64) -> bool {
+        let at = self.retry_at_us.load(Ordering::Acquire);
+        now_us >= at
+            && self
+                .retry_at_us
+                .compare_exchange(
+                    at,
+                    now_us + RETRY_AFTER_FAILURE_US,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
     }
 
     /// The count of `key`'s monthly quota for the month starting at `start_us`.
