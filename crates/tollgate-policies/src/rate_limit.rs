@@ -67,6 +67,8 @@ pub struct RateLimit {
     on_error: FailureMode,
     headers: bool,
     required_scopes: Vec<String>,
+    /// `RateLimit-Policy` when no plan applies: the route's limits only.
+    route_policy: Option<HeaderValue>,
     limiter: Arc<Limiter>,
     catalog: Arc<Catalog>,
 }
@@ -96,7 +98,7 @@ impl RateLimit {
         limiter: Arc<Limiter>,
         catalog: Arc<Catalog>,
     ) -> RateLimit {
-        let limits = cfg
+        let limits: Vec<RouteLimit> = cfg
             .limits
             .iter()
             .map(|l| {
@@ -132,7 +134,14 @@ impl RateLimit {
             counter: format!("{}:concurrency", at.scope),
             policy_item: policy_item("concurrency", u64::from(c.max), None, Some("concurrency")),
         });
+        let items: Vec<&str> = limits
+            .iter()
+            .chain(&concurrency)
+            .map(|l: &RouteLimit| l.policy_item.as_str())
+            .collect();
+        let route_policy = HeaderValue::from_str(&items.join(", ")).ok();
         RateLimit {
+            route_policy,
             limits,
             concurrency,
             subscription: cfg.subscription,
@@ -163,9 +172,9 @@ impl RateLimit {
 }
 
 /// One limit applied to this request, for the response fields.
-struct Applied {
-    name: Cow<'static, str>,
-    policy_item: Cow<'static, str>,
+struct Applied<'a> {
+    name: Cow<'a, str>,
+    policy_item: Cow<'a, str>,
     rule: Rule,
 }
 
@@ -180,7 +189,7 @@ struct Fields {
 #[derive(Clone)]
 struct Held(#[allow(dead_code)] Arc<Permit>);
 
-fn plan_checks(r: &Resolved, checks: &mut Vec<Check<'static>>, applied: &mut Vec<Applied>) {
+fn plan_checks(r: &Resolved, checks: &mut Vec<Check<'_>>, applied: &mut Vec<Applied<'_>>) {
     let PlanLimits {
         per_second,
         per_minute,
@@ -309,22 +318,33 @@ fn secs_up(us: i64) -> i64 {
     }
 }
 
-fn fields(applied: &[Applied], statuses: &[Status]) -> Option<Fields> {
-    let mut policy = String::new();
+/// The response fields; `policy` is given when it is known in advance (no
+/// plan applies), else built from the limits applied.
+fn fields(
+    applied: &[Applied],
+    statuses: &[Status],
+    policy: Option<&HeaderValue>,
+) -> Option<Fields> {
+    let mut built = String::new();
     let mut state = String::new();
     for (a, s) in applied.iter().zip(statuses) {
-        if !policy.is_empty() {
-            policy.push_str(", ");
+        if !state.is_empty() {
+            built.push_str(", ");
             state.push_str(", ");
         }
-        policy.push_str(&a.policy_item);
+        if policy.is_none() {
+            built.push_str(&a.policy_item);
+        }
         let _ = write!(state, "\"{}\";r={}", a.name, s.remaining);
         if !matches!(a.rule, Rule::Concurrency { .. }) {
             let _ = write!(state, ";t={}", secs_up(s.reset_us));
         }
     }
     Some(Fields {
-        policy: HeaderValue::from_str(&policy).ok()?,
+        policy: match policy {
+            Some(p) => p.clone(),
+            None => HeaderValue::from_str(&built).ok()?,
+        },
         state: HeaderValue::from_str(&state).ok()?,
     })
 }
@@ -397,7 +417,7 @@ impl Policy for RateLimit {
             None => {}
         }
 
-        let mut checks: Vec<Check<'static>> = Vec::with_capacity(self.limits.len() + 5);
+        let mut checks: Vec<Check<'_>> = Vec::with_capacity(self.limits.len() + 5);
         let mut applied: Vec<Applied> = Vec::with_capacity(self.limits.len() + 5);
         if let Some(r) = &resolved {
             plan_checks(r, &mut checks, &mut applied);
@@ -409,8 +429,8 @@ impl Policy for RateLimit {
                 rule: l.rule,
             });
             applied.push(Applied {
-                name: Cow::Owned(l.name.clone()),
-                policy_item: Cow::Owned(l.policy_item.clone()),
+                name: Cow::Borrowed(&l.name),
+                policy_item: Cow::Borrowed(&l.policy_item),
                 rule: l.rule,
             });
         }
@@ -441,7 +461,11 @@ impl Policy for RateLimit {
             }
         };
         if self.headers
-            && let Some(f) = fields(&applied, &d.statuses)
+            && let Some(f) = fields(
+                &applied,
+                &d.statuses,
+                self.route_policy.as_ref().filter(|_| resolved.is_none()),
+            )
         {
             ctx.extensions.insert(f);
         }
