@@ -33,7 +33,7 @@ fn shift(year: i32, month: u32, by: i32) -> (i32, u32) {
 /// Starts of the previous, current, next and following months around `now`
 /// (µs), in `tz`. The Redis script picks its period from these by the
 /// server's clock, so a node whose clock is off by less than a month still
-/// counts in the right month.
+/// counts in the right month in one round trip (and one further off in two).
 pub fn month_bounds(now_us: i64, tz: Tz) -> [i64; 4] {
     let local = tz.timestamp_micros(now_us).single().unwrap_or_else(|| {
         Utc.timestamp_micros(now_us)

@@ -15,7 +15,9 @@
 -- period's counters).
 --
 -- Returns {allowed, now, then per limit: allowed, remaining, reset us,
--- retry-after us, period start us (month only, else 0)}.
+-- retry-after us, period start us (month only, else 0)}, or {-1, now}
+-- (and writes nothing) when now is outside a month's b..e: the node's clock
+-- is months off, and it asks again with bounds around the returned now.
 
 local now
 if ARGV[1] ~= '' then
@@ -42,6 +44,7 @@ end
 local out = {}
 local writes = {}
 local all = 1
+local misplaced = false
 local k = 1
 local a = 3
 while a + 5 <= #ARGV do
@@ -101,6 +104,7 @@ while a + 5 <= #ARGV do
   elseif kind == 'm' then
     local limit = p1
     local b = {tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])}
+    if now < b[1] or now >= b[4] then misplaced = true end
     local i = 3
     if now < b[2] then i = 1 elseif now < b[3] then i = 2 end
     local key = KEYS[k + i - 1]; k = k + 3
@@ -143,6 +147,9 @@ while a + 5 <= #ARGV do
   table.insert(out, num(retry))
   table.insert(out, num(start))
   a = a + 6
+end
+if misplaced then
+  return {-1, num(now)}
 end
 if all == 1 then
   for _, f in ipairs(writes) do f() end

@@ -141,17 +141,29 @@ impl Redis {
 
     /// Runs one decision. `now_us` is the node's clock: it only picks which
     /// months' counters the script may touch (the server's clock picks
-    /// among them), unless the fixed clock is on.
+    /// among them), unless the fixed clock is on. When none of them holds
+    /// the server's time (the node's clock is months off), the script
+    /// writes nothing and the decision is made again with the months
+    /// around the server's time.
     pub async fn decide(&self, checks: &[Check<'_>], now_us: i64) -> Result<Decision, RedisError> {
         let member = format!("{}-{}", self.node, self.seq.fetch_add(1, Ordering::Relaxed));
-        let (inv, held) = self.invocation(checks, now_us, &member);
-        let (reply, conn) = self
+        let slot = member.as_str();
+        let (reply, held, conn) = self
             .within_timeout(|mut conn| async move {
-                let reply: Vec<Value> = inv
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| RedisError(e.to_string()))?;
-                Ok((reply, conn))
+                let (inv, held) = self.invocation(checks, now_us, slot);
+                let reply = invoke(&inv, &mut conn).await?;
+                if reply.first().and_then(int) != Some(MONTHS_OFF) {
+                    return Ok((reply, held, conn));
+                }
+                // This node's clock is months off the server's: ask again
+                // with the months around the server's time.
+                let server_now = reply.get(1).and_then(int).ok_or_else(unexpected)?;
+                let (inv, held) = self.invocation(checks, server_now, slot);
+                let reply = invoke(&inv, &mut conn).await?;
+                if reply.first().and_then(int) == Some(MONTHS_OFF) {
+                    return Err(unexpected());
+                }
+                Ok((reply, held, conn))
             })
             .await?;
         let mut it = reply.iter().map(int);
@@ -169,7 +181,7 @@ impl Redis {
             });
         }
         if statuses.len() != checks.len() {
-            return Err(RedisError("unexpected reply from the limit script".into()));
+            return Err(unexpected());
         }
         let permit = (allowed && !held.is_empty()).then(|| Permit::redis(conn, held, member));
         Ok(Decision {
@@ -250,6 +262,23 @@ impl Redis {
         })
         .await
     }
+}
+
+/// The script's first reply value when the server's time is outside the
+/// months a node sent (its clock is months off).
+const MONTHS_OFF: i64 = -1;
+
+async fn invoke(
+    inv: &ScriptInvocation<'_>,
+    conn: &mut ConnectionManager,
+) -> Result<Vec<Value>, RedisError> {
+    inv.invoke_async(conn)
+        .await
+        .map_err(|e| RedisError(e.to_string()))
+}
+
+fn unexpected() -> RedisError {
+    RedisError("unexpected reply from the limit script".into())
 }
 
 /// Releases concurrency slots, in the background.
