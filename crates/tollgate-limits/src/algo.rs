@@ -117,12 +117,23 @@ fn weighted(previous: u64, window: i64, elapsed: i64) -> u64 {
 }
 
 /// The smallest offset into a window at which `count` weighted by the rest
-/// of the window is at most `room`.
+/// of the window is at most `room`. The closed form is a guess that double
+/// rounding can put a microsecond off either way (for 3 weighed down to 2
+/// in a minute, `1 - 2/3` rounds up and the guess is 1 µs late); it is
+/// settled on [`weighted`] itself, the test the request will face.
 fn offset_for(count: u64, room: u64, window: i64) -> i64 {
     if count <= room {
         return 0;
     }
-    ((window as f64) * (1.0 - (room as f64) / (count as f64))).ceil() as i64
+    let guess = ((window as f64) * (1.0 - (room as f64) / (count as f64))).ceil() as i64;
+    let mut offset = guess.clamp(0, window);
+    while offset > 0 && weighted(count, window, offset - 1) <= room {
+        offset -= 1;
+    }
+    while offset < window && weighted(count, window, offset) > room {
+        offset += 1;
+    }
+    offset
 }
 
 /// Sliding-window step. Returns the status and, when allowed, the new state.
@@ -317,6 +328,52 @@ mod tests {
         let at = t0 + s.retry_after_us;
         assert!(window(st, at, w, 5, 1).0.allowed);
         assert!(!window(st, at - 1, w, 5, 1).0.allowed);
+    }
+
+    #[test]
+    fn window_retry_is_exact_where_the_closed_form_rounds_up() {
+        // 1 - 2/3 rounds up in doubles: the closed form said 20_000_001 µs.
+        let w = 60 * S;
+        let st = WindowState {
+            index: 100,
+            current: 2,
+            previous: 3,
+        };
+        let (s, _) = window(st, 100 * w, w, 5, 1);
+        assert!(!s.allowed);
+        assert_eq!(s.retry_after_us, 20 * S);
+        assert!(window(st, 100 * w + s.retry_after_us, w, 5, 1).0.allowed);
+        assert!(
+            !window(st, 100 * w + s.retry_after_us - 1, w, 5, 1)
+                .0
+                .allowed
+        );
+    }
+
+    #[test]
+    fn window_retry_is_exact_over_many_states() {
+        for (w, limit) in [(60 * S, 5), (600 * S + 7, 9), (3600 * S, 1), (S + 3, 13)] {
+            for previous in 0..=limit {
+                for current in 0..=limit {
+                    for elapsed in [0, 1, 7, 12_345, w / 3, w / 2, w - 1] {
+                        let st = WindowState {
+                            index: 1000,
+                            current,
+                            previous,
+                        };
+                        let now = 1000 * w + elapsed;
+                        let (s, _) = window(st, now, w, limit, 1);
+                        if s.allowed {
+                            continue;
+                        }
+                        let at = now + s.retry_after_us;
+                        let case = (w, limit, previous, current, elapsed);
+                        assert!(window(st, at, w, limit, 1).0.allowed, "{case:?}");
+                        assert!(!window(st, at - 1, w, limit, 1).0.allowed, "{case:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -36,9 +36,14 @@ local function weighted(prev, w, elapsed)
   return math.ceil(prev * (w - elapsed) / w)
 end
 
+-- As algo.rs: the closed form, settled on weighted() itself.
 local function offset_for(count, room, w)
   if count <= room then return 0 end
-  return math.ceil(w * (1 - room / count))
+  local o = math.ceil(w * (1 - room / count))
+  if o < 0 then o = 0 elseif o > w then o = w end
+  while o > 0 and weighted(count, w, o - 1) <= room do o = o - 1 end
+  while o < w and weighted(count, w, o) > room do o = o + 1 end
+  return o
 end
 
 local out = {}
