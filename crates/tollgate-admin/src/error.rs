@@ -26,6 +26,11 @@ pub enum ApiError {
     /// generator, a blocking task). The message is logged, never sent.
     #[error("{0}")]
     Internal(String),
+    /// The rate limiter cannot answer (none on this node, or its counter
+    /// store is down). The message is logged, never sent; a retry later
+    /// is safe.
+    #[error("rate limiter unavailable: {0}")]
+    LimiterUnavailable(String),
 }
 
 impl ApiError {
@@ -47,6 +52,8 @@ impl ApiError {
             ApiError::Internal(_) => {
                 Problem::new(ErrorCode::Internal).detail("internal error; see the server log")
             }
+            ApiError::LimiterUnavailable(_) => Problem::new(ErrorCode::LimiterUnavailable)
+                .detail("the rate limiter cannot report quota usage right now; retry later"),
             ApiError::Store(e) => match e {
                 StoreError::NotFound { .. } => {
                     Problem::new(ErrorCode::NotFound).detail(e.to_string())
@@ -86,6 +93,9 @@ impl IntoResponse for ApiError {
         }
         if let ApiError::Internal(message) = &self {
             tracing::error!(error = %message, "admin request failed");
+        }
+        if let ApiError::LimiterUnavailable(message) = &self {
+            tracing::warn!(error = %message, "quota usage unavailable");
         }
         let mut res = problem_response(&self.problem());
         if matches!(self, ApiError::Unauthorized) {

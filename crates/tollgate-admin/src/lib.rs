@@ -2,7 +2,8 @@
 //!
 //! One file per resource ([`services`], [`routes`], [`policies`], [`config`];
 //! for identity [`orgs`], [`users`], [`members`], [`apps`], [`keys`],
-//! [`oauth_clients`], [`jwt_issuers`] and [`signing_keys`]) holds its
+//! [`oauth_clients`], [`jwt_issuers`] and [`signing_keys`]; for traffic
+//! control [`plans`], [`subscriptions`] and [`usage`]) holds its
 //! `router()`, its handlers and their OpenAPI annotations. Credentials are
 //! issued by [`issue`], which the `tollgate` CLI calls too; [`permissions`]
 //! holds the member roles' rules. Input is
@@ -30,19 +31,23 @@ pub mod oauth_clients;
 pub mod openapi;
 pub mod orgs;
 pub mod permissions;
+pub mod plans;
 pub mod policies;
 pub mod routes;
 pub mod services;
 pub mod signing_keys;
 pub mod status;
+pub mod subscriptions;
 pub mod tenancy;
+pub mod usage;
 pub mod users;
 
 pub use error::ApiError;
 pub use status::NodeStatus;
+pub use usage::{QuotaUsage, UsageReader};
 
 /// Shared state of the admin API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AdminState {
     pub store: Store,
     pub status: Arc<NodeStatus>,
@@ -51,6 +56,22 @@ pub struct AdminState {
     /// Lifetime of OAuth access tokens: a rotated signing key stays
     /// published this long (plus leeway) so its tokens keep verifying.
     pub token_ttl: std::time::Duration,
+    /// Reads quota use from the node's live rate limiter for
+    /// `GET /orgs/{org}/usage`; without one, quota use is answered 503
+    /// `limiter_unavailable`.
+    pub usage: Option<Arc<dyn UsageReader>>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("store", &self.store)
+            .field("status", &self.status)
+            .field("pepper", &self.pepper)
+            .field("token_ttl", &self.token_ttl)
+            .field("usage", &self.usage.as_ref().map(|_| "UsageReader"))
+            .finish()
+    }
 }
 
 /// The whole admin API.
@@ -68,6 +89,9 @@ pub fn router(state: AdminState) -> Router {
         .merge(oauth_clients::router())
         .merge(jwt_issuers::router())
         .merge(signing_keys::router())
+        .merge(plans::router())
+        .merge(subscriptions::router())
+        .merge(usage::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,

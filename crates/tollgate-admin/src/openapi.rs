@@ -9,7 +9,7 @@ use crate::AdminState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Tollgate admin API", description = "Configure Tollgate: services, routes, policies, the declarative configuration, and identity (organizations, users, apps and their credentials). Every error is an RFC 9457 problem with a stable `code`."),
+    info(title = "Tollgate admin API", description = "Configure Tollgate: services, routes, policies, the declarative configuration, identity (organizations, users, apps and their credentials), and traffic control (plans, subscriptions and quota usage). Every error is an RFC 9457 problem with a stable `code`."),
     paths(
         crate::status::healthz, crate::status::readyz,
         crate::services::list, crate::services::create, crate::services::read, crate::services::replace, crate::services::patch, crate::services::remove,
@@ -24,6 +24,9 @@ use crate::AdminState;
         crate::oauth_clients::list, crate::oauth_clients::create, crate::oauth_clients::read, crate::oauth_clients::reset_secret, crate::oauth_clients::revoke,
         crate::jwt_issuers::list, crate::jwt_issuers::read, crate::jwt_issuers::put, crate::jwt_issuers::remove,
         crate::signing_keys::list, crate::signing_keys::read, crate::signing_keys::rotate,
+        crate::plans::list, crate::plans::create, crate::plans::read, crate::plans::replace, crate::plans::remove,
+        crate::subscriptions::list, crate::subscriptions::create, crate::subscriptions::read, crate::subscriptions::patch, crate::subscriptions::remove,
+        crate::usage::read,
     ),
     components(schemas(tollgate_core::problem::Problem, tollgate_core::problem::ErrorCode, tollgate_core::problem::FieldError)),
     modifiers(&BearerAuth),
@@ -41,6 +44,8 @@ use crate::AdminState;
         (name = "oauth clients", description = "An app's OAuth2 clients (client credentials); a secret is shown once"),
         (name = "jwt issuers", description = "External identity providers whose JWTs the gateway trusts"),
         (name = "signing keys", description = "The keys Tollgate's OAuth server signs access tokens with"),
+        (name = "plans", description = "Named tiers of rate limits, a monthly quota, APIs, scopes and prices"),
+        (name = "subscriptions", description = "An organization's, app's or key's plan for an API, and its quota usage"),
         (name = "status", description = "Liveness and readiness"),
     )
 )]

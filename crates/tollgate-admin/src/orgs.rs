@@ -9,13 +9,13 @@ use axum::routing::get;
 use serde::Deserialize;
 use tollgate_core::ids::OrgId;
 use tollgate_core::problem::Problem;
-use tollgate_store::{Listed, Organization};
+use tollgate_store::{Listed, OrgUpdate, Organization};
 
 use crate::AdminState;
 use crate::error::ApiError;
 use crate::extract::{Json, PageQuery, Query};
 use crate::services::created;
-use crate::tenancy::PathIds;
+use crate::tenancy::{PathIds, present};
 
 /// The body of `POST /orgs`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -26,6 +26,10 @@ pub struct OrgIn {
     /// Shown to people; defaults to `name`.
     #[serde(default)]
     pub display_name: Option<String>,
+    /// IANA time zone (`Europe/Berlin`) that monthly quotas follow; UTC
+    /// when absent.
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 /// The body of `PATCH /orgs/{org}`: the fields to change.
@@ -34,6 +38,11 @@ pub struct OrgIn {
 pub struct OrgPatch {
     #[serde(default)]
     pub display_name: Option<String>,
+    /// An IANA time zone; `null` goes back to UTC. Subscriptions' monthly
+    /// quota periods move with it at once.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub timezone: Option<Option<String>>,
 }
 
 /// An organization as the API returns it.
@@ -79,7 +88,10 @@ pub async fn create(
     Json(input): Json<OrgIn>,
 ) -> Result<Response, ApiError> {
     let display_name = input.display_name.as_deref().unwrap_or(&input.name);
-    let org = s.store.create_org(&input.name, display_name).await?;
+    let org = s
+        .store
+        .create_org_with_timezone(&input.name, display_name, input.timezone.as_deref())
+        .await?;
     Ok(created(format!("/orgs/{}", org.id), &org))
 }
 
@@ -93,7 +105,8 @@ pub async fn read(
     Ok(axum::Json(s.store.get_org(&org).await?))
 }
 
-/// Changes an organization's display name (its `name` is permanent).
+/// Changes an organization's display name or time zone (its `name` is
+/// permanent).
 #[utoipa::path(patch, operation_id = "patch_org", path = "/orgs/{org}", tag = "organizations", params(("org" = OrgId, Path)), request_body = OrgPatch,
     responses((status = 200, body = Organization), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn patch(
@@ -101,10 +114,11 @@ pub async fn patch(
     OrgPath { org }: OrgPath,
     Json(p): Json<OrgPatch>,
 ) -> Result<axum::Json<OrgOut>, ApiError> {
-    Ok(axum::Json(match p.display_name {
-        Some(display_name) => s.store.update_org(&org, &display_name).await?,
-        None => s.store.get_org(&org).await?,
-    }))
+    let update = OrgUpdate {
+        display_name: p.display_name,
+        timezone: p.timezone,
+    };
+    Ok(axum::Json(s.store.patch_org(&org, update).await?))
 }
 
 /// Deletes an organization with its members, apps, keys and OAuth clients.

@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tollgate_admin::auth::hash_token;
-use tollgate_admin::{AdminState, NodeStatus};
+use tollgate_admin::{AdminState, NodeStatus, UsageReader};
 use tollgate_store::Store;
 
 pub const TOKEN: &str = "test-admin-token-0123456789";
@@ -51,10 +51,16 @@ impl Reply {
 
 impl Api {
     pub async fn start(store: Store) -> Api {
-        store
-            .add_admin_token(&hash_token(TOKEN), "test")
-            .await
-            .expect("token");
+        Api::start_with_usage(store, None).await
+    }
+
+    /// Starts the API with this quota usage reader (`None`: no limiter).
+    pub async fn start_with_usage(store: Store, usage: Option<Arc<dyn UsageReader>>) -> Api {
+        // A second API on the same store finds the token registered.
+        match store.add_admin_token(&hash_token(TOKEN), "test").await {
+            Ok(_) | Err(tollgate_store::StoreError::Conflict(_)) => {}
+            Err(e) => panic!("token: {e}"),
+        }
         let status = Arc::new(NodeStatus::default());
         status.store_reachable(store.revision().await.expect("revision"));
         let app = tollgate_admin::router(AdminState {
@@ -62,6 +68,7 @@ impl Api {
             status: status.clone(),
             pepper: tollgate_identity::apikey::Pepper::new(&PEPPER).expect("pepper"),
             token_ttl: std::time::Duration::from_secs(TOKEN_TTL_SECS as u64),
+            usage,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
