@@ -171,9 +171,10 @@ impl Store {
     }
 
     /// The whole configuration, read in one consistent snapshot, with the
-    /// revision it reflects. Services, routes and policies are ordered by name
-    /// (byte order, the same on both backends), so an export that is applied
-    /// and exported again renders byte-identical YAML.
+    /// revision it reflects. Services, routes, policies, JWT issuers and
+    /// plans are ordered by name (byte order, the same on both backends), so
+    /// an export that is applied and exported again renders byte-identical
+    /// YAML.
     pub async fn export(&self) -> Result<(i64, Config), StoreError> {
         apply::export(&self.pool).await
     }
@@ -183,8 +184,9 @@ impl Store {
     /// policy whose name persists keeps its id and is updated only if it
     /// changed (a route may move to another service); missing ones are
     /// deleted; new ones are created. A policy's name is its scope plus its
-    /// type. Applying a configuration equal to the stored one writes nothing
-    /// and leaves the revision as it was.
+    /// type. Removing a plan that subscriptions use fails with `Conflict`.
+    /// Applying a configuration equal to the stored one writes nothing and
+    /// leaves the revision as it was.
     pub async fn apply(&self, config: &Config) -> Result<ChangeSet, StoreError> {
         apply::apply(&self.pool, config).await
     }
