@@ -1,0 +1,903 @@
+//! The Redis backend against a real server.
+//!
+//! - Parity: the script (`decide.lua`) answers exactly as `algo.rs` does in
+//!   process, step for step, on the same clock.
+//! - Exactness: several nodes sharing counters never admit more than the
+//!   limit, whatever their clocks say.
+//! - All-or-nothing, month boundaries in a zone, `Retry-After` honesty and
+//!   concurrency slots, on Redis.
+//! - Incidents: Redis going away, coming back, freezing, and a node that
+//!   starts while it is down.
+//!
+//! The shared server is `TOLLGATE_TEST_REDIS_URL` (default
+//! `redis://127.0.0.1:6379/`); each test counts under its own random
+//! subjects. Incident tests run a private `redis-server` they can kill.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{Datelike, TimeZone, Timelike};
+use chrono_tz::Tz;
+use common::*;
+use tollgate_limits::algo::{Rule, SECOND_US, Status};
+use tollgate_limits::local::Local;
+use tollgate_limits::redis::Redis;
+use tollgate_limits::{Check, Decision, Limiter, calendar, key};
+
+const MINUTE: i64 = 60 * SECOND_US;
+const HOUR: i64 = 60 * MINUTE;
+const DAY: i64 = 24 * HOUR;
+
+fn check(key: &str, rule: Rule) -> Check<'static> {
+    Check {
+        key: key.to_owned().into(),
+        rule,
+    }
+}
+
+fn new_york() -> Tz {
+    "America/New_York".parse().unwrap()
+}
+
+fn outcome(d: &Decision) -> (bool, Vec<Status>) {
+    (d.allowed, d.statuses.clone())
+}
+
+// ---------------------------------------------------------------------------
+// Parity: the same clock through `Local` and the script gives the same answers.
+// ---------------------------------------------------------------------------
+
+/// Drives one pseudo-random sequence of times through the in-process
+/// backend and the script (on a fixed clock) and asserts the same decision
+/// and the same status of every limit at every step. `next` picks the next
+/// time from the current one and the in-process answer. Returns the
+/// in-process backend, for the caller to compare what it counted.
+async fn assert_parity(
+    url: &str,
+    checks: &[Check<'_>],
+    start: i64,
+    steps: usize,
+    mut next: impl FnMut(&mut Rng, i64, &Decision) -> i64,
+) -> Local {
+    let (mut rng, seed) = Rng::seeded();
+    let local = Local::new();
+    let redis = redis(url).with_fixed_clock();
+    let mut now = start;
+    let mut allowed = 0;
+    for step in 0..steps {
+        let l = local.decide(checks, now);
+        let r = redis.decide(checks, now).await.unwrap();
+        assert_eq!(
+            outcome(&r),
+            outcome(&l),
+            "step {step} at {now} µs (offset {} µs): Redis (left) and in process (right) disagree; \
+             replay with TOLLGATE_TEST_SEED={seed}",
+            now - start
+        );
+        allowed += l.allowed as usize;
+        let t = next(&mut rng, now, &l);
+        assert!(t >= now, "times only move forward");
+        now = t;
+    }
+    // The sequence must have exercised both answers to prove anything.
+    assert!(
+        allowed >= steps / 10 && allowed <= steps * 9 / 10,
+        "{allowed} of {steps} allowed: the sequence does not exercise both answers (seed {seed})"
+    );
+    local
+}
+
+/// The next time for a rate sequence: `unit` is the time one request
+/// needs (GCRA interval, window / limit), `span` the time the whole
+/// allowance needs (GCRA interval × burst, the window). Repeats, small and
+/// large gaps, gaps spanning several windows, window edges, and the exact
+/// instants (and the instants just before) that a refusal named.
+fn rate_gap(rng: &mut Rng, now: i64, d: &Decision, unit: i64, span: i64) -> i64 {
+    let retry = d
+        .statuses
+        .iter()
+        .map(|s| s.retry_after_us)
+        .max()
+        .unwrap_or(0);
+    let k = (span / unit).max(1) as u64;
+    if rng.below(8 * k) == 0 {
+        // Idle for windows on end: the allowance is whole again.
+        return now + rng.range(span, 3 * span);
+    }
+    match rng.below(100) {
+        0..=34 => now,
+        35..=54 => now + rng.range(1, (unit / 4).max(2)),
+        55..=69 => now + rng.range(0, 2 * unit),
+        70..=77 if retry > 0 => now + retry,
+        78..=82 if retry > 0 => now + retry - 1,
+        83..=92 => {
+            // The next window edge (or just before it), when near.
+            let edge = (now.div_euclid(span) + 1) * span;
+            if edge - now <= 2 * unit {
+                edge - rng.range(0, 2)
+            } else {
+                now + rng.range(0, unit)
+            }
+        }
+        _ => now + rng.range(1, 1000),
+    }
+}
+
+#[tokio::test]
+async fn parity_gcra() {
+    let url = require_redis!();
+    // The rates are slow enough (seconds or more between requests) that the
+    // real time the keys' TTLs run on never matters during the test.
+    for rule in [
+        Rule::gcra(10, HOUR, Some(4)),
+        Rule::gcra(7, 7 * MINUTE + 3, None),
+        Rule::Gcra {
+            interval_us: 12_345_678,
+            burst: 1,
+        },
+        Rule::gcra(1000, DAY, Some(25)),
+    ] {
+        let Rule::Gcra { interval_us, burst } = rule else {
+            unreachable!()
+        };
+        let checks = [check(&key(&subject("parity-gcra"), "rate"), rule)];
+        let start = wall_us() + rand_offset();
+        assert_parity(&url, &checks, start, 300, |rng, now, d| {
+            rate_gap(rng, now, d, interval_us, interval_us * burst as i64)
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn parity_sliding_window() {
+    let url = require_redis!();
+    for (window_us, limit) in [
+        (10 * MINUTE, 7),
+        // An odd width, so the weighting of the previous window rounds.
+        (600_000_007, 13),
+        (MINUTE + 1, 1),
+        (HOUR, 100),
+    ] {
+        let rule = Rule::Window { window_us, limit };
+        let checks = [check(&key(&subject("parity-window"), "rate"), rule)];
+        let start = wall_us() + rand_offset();
+        assert_parity(&url, &checks, start, 300, |rng, now, d| {
+            rate_gap(rng, now, d, window_us / limit as i64, window_us)
+        })
+        .await;
+    }
+}
+
+/// The next time for a month-quota sequence: mostly small steps, and
+/// regularly the month's last microsecond, its boundary, or days ahead.
+fn month_gap(rng: &mut Rng, now: i64, tz: Tz) -> i64 {
+    let (_, end) = calendar::month_of(now, tz);
+    match rng.below(100) {
+        0..=44 => now,
+        45..=74 => now + rng.range(1, 6 * HOUR),
+        75..=78 => (end - 1).max(now),
+        79..=80 => end,
+        81 => end + 1,
+        82..=84 => now + rng.range(DAY, 20 * DAY),
+        _ => now + rng.range(1, HOUR),
+    }
+}
+
+#[tokio::test]
+async fn parity_month_quota() {
+    let url = require_redis!();
+    // Zones with DST, a half-hour offset, UTC+13 and UTC itself.
+    for name in ["America/New_York", "Asia/Kolkata", "Pacific/Apia", "UTC"] {
+        let tz: Tz = name.parse().unwrap();
+        let quota_key = key(&subject("parity-month"), "month");
+        let checks = [check(&quota_key, Rule::Month { limit: 8, tz })];
+        // From now on: the script keeps a month's count until 40 days after
+        // the month ends (by the server's clock), so the months visited
+        // must not be long over in real time.
+        let start = wall_us();
+        let mut seen = Vec::new();
+        let local = assert_parity(&url, &checks, start, 400, |rng, now, _| {
+            let t = month_gap(rng, now, tz);
+            seen.push(calendar::month_of(t, tz).0);
+            t
+        })
+        .await;
+        seen.dedup();
+        assert!(
+            seen.len() >= 3,
+            "{name}: only {} months visited",
+            seen.len()
+        );
+        // Both backends counted the same in every month visited.
+        let redis = redis(&url);
+        for month in seen {
+            assert_eq!(
+                redis.quota_used(&quota_key, month).await.unwrap(),
+                local.quota_used(&quota_key, month),
+                "{name}: the month starting at {month}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn parity_of_combined_decisions() {
+    let url = require_redis!();
+    // Three limits at once: a decision passes only when all three do, and
+    // a refusal by one must leave the others as they were, on both sides.
+    let s = subject("parity-combined");
+    let tz = new_york();
+    let checks = [
+        check(&key(&s, "month"), Rule::Month { limit: 40, tz }),
+        check(&key(&s, "gcra"), Rule::gcra(6, 10 * MINUTE, Some(3))),
+        check(
+            &key(&s, "window"),
+            Rule::Window {
+                window_us: 5 * MINUTE,
+                limit: 4,
+            },
+        ),
+    ];
+    let start = wall_us() + rand_offset();
+    assert_parity(&url, &checks, start, 500, |rng, now, d| {
+        if rng.chance(5) {
+            month_gap(rng, now, tz)
+        } else {
+            rate_gap(rng, now, d, MINUTE, 10 * MINUTE)
+        }
+    })
+    .await;
+}
+
+/// A random offset of up to a day, in whole and odd microseconds.
+fn rand_offset() -> i64 {
+    Rng::seeded().0.range(0, DAY)
+}
+
+// ---------------------------------------------------------------------------
+// Exactness: several nodes, many tasks, never more than the limit.
+// ---------------------------------------------------------------------------
+
+/// `tasks` concurrent tasks, alternating between `nodes`, each making
+/// `attempts` decisions with its node's clock offset by `skews[node]`.
+/// Returns how many were admitted. Every decision must be answered.
+async fn hammer(
+    nodes: &[Arc<Limiter>],
+    skews: &[i64],
+    checks: &[Check<'static>],
+    tasks: usize,
+    attempts: usize,
+) -> u64 {
+    let admitted = Arc::new(AtomicU64::new(0));
+    let start = Arc::new(tokio::sync::Barrier::new(tasks));
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..tasks {
+        let node = nodes[t % nodes.len()].clone();
+        let skew = skews[t % skews.len()];
+        let checks = checks.to_vec();
+        let admitted = admitted.clone();
+        let start = start.clone();
+        set.spawn(async move {
+            start.wait().await;
+            for _ in 0..attempts {
+                let d = node
+                    .decide(&checks, wall_us() + skew)
+                    .await
+                    .expect("Redis answers every decision");
+                if d.allowed {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    assert!(
+                        d.statuses
+                            .iter()
+                            .any(|s| !s.allowed && s.retry_after_us > 0)
+                    );
+                }
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    admitted.load(Ordering::Relaxed)
+}
+
+fn two_nodes(url: &str) -> Vec<Arc<Limiter>> {
+    vec![Arc::new(node(url)), Arc::new(node(url))]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_admit_exactly_the_gcra_limit() {
+    let url = require_redis!();
+    let nodes = two_nodes(&url);
+    // 50 per hour: one more would need 72 s to pass.
+    let checks = [check(
+        &key(&subject("exact-gcra"), "rate"),
+        Rule::gcra(50, HOUR, None),
+    )];
+    assert_eq!(hammer(&nodes, &[0], &checks, 16, 12).await, 50);
+    // Both nodes took part: 8 tasks × 12 decisions each, all answered.
+    for n in &nodes {
+        let c = n.counters();
+        let decided = c.allowed.load(Ordering::Relaxed) + c.refused.load(Ordering::Relaxed);
+        assert_eq!(decided, 96);
+        assert_eq!(c.backend_errors.load(Ordering::Relaxed), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_admit_exactly_the_monthly_quota() {
+    let url = require_redis!();
+    let nodes = two_nodes(&url);
+    let tz = new_york();
+    let quota_key = key(&subject("exact-month"), "month");
+    let checks = [check(&quota_key, Rule::Month { limit: 37, tz })];
+    assert_eq!(hammer(&nodes, &[0], &checks, 16, 8).await, 37);
+    let (start, _) = calendar::month_of(wall_us(), tz);
+    assert_eq!(nodes[0].quota_used(&quota_key, start).await.unwrap(), 37);
+    assert_eq!(nodes[1].quota_used(&quota_key, start).await.unwrap(), 37);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_decisions_of_a_fresh_node_are_all_answered() {
+    // A node's first requests arrive together: they must share one
+    // connection attempt, not fail ("connecting") and trip the breaker.
+    let url = require_redis!();
+    let fresh = Arc::new(node(&url));
+    let checks = [check(
+        &key(&subject("fresh"), "rate"),
+        Rule::gcra(1000, HOUR, None),
+    )];
+    assert_eq!(
+        hammer(std::slice::from_ref(&fresh), &[0], &checks, 16, 1).await,
+        16
+    );
+    assert!(fresh.is_up());
+    assert_eq!(fresh.counters().backend_errors.load(Ordering::Relaxed), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Clock skew: the server's clock decides, so skewed nodes count as one.
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn skewed_node_clocks_do_not_admit_a_request_twice_gcra() {
+    let url = require_redis!();
+    let nodes = two_nodes(&url);
+    let checks = [check(
+        &key(&subject("skew-gcra"), "rate"),
+        Rule::gcra(50, HOUR, None),
+    )];
+    assert_eq!(
+        hammer(&nodes, &[2 * HOUR, -2 * HOUR], &checks, 16, 12).await,
+        50
+    );
+}
+
+/// Two nodes whose clocks are off by `skews` share one monthly quota of 23:
+/// exactly 23 pass, all counted in the server's current month.
+async fn assert_skewed_quota_is_exact(url: &str, skews: [i64; 2]) {
+    let nodes = two_nodes(url);
+    let tz = new_york();
+    let quota_key = key(&subject("skew-month"), "month");
+    let checks = [check(&quota_key, Rule::Month { limit: 23, tz })];
+    let admitted = hammer(&nodes, &skews, &checks, 16, 6).await;
+    assert_eq!(admitted, 23, "node clocks off by {skews:?} µs");
+    let (start, _) = calendar::month_of(wall_us(), tz);
+    assert_eq!(nodes[0].quota_used(&quota_key, start).await.unwrap(), 23);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn skewed_node_clocks_do_not_admit_a_request_twice_month() {
+    let url = require_redis!();
+    assert_skewed_quota_is_exact(&url, [2 * HOUR, -2 * HOUR]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_in_the_next_month_counts_in_the_servers_month() {
+    let url = require_redis!();
+    // 40 days ahead: the next month, or (late in a month) the one after.
+    assert_skewed_quota_is_exact(&url, [0, 40 * DAY]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_clocks_months_off_still_count_in_the_servers_month() {
+    let url = require_redis!();
+    // More than two months either way: neither node's idea of the months
+    // around "now" contains the server's month.
+    assert_skewed_quota_is_exact(&url, [70 * DAY, -70 * DAY]).await;
+}
+
+// ---------------------------------------------------------------------------
+// All-or-nothing on Redis.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_refusal_by_one_limit_consumes_none_on_redis() {
+    let url = require_redis!();
+    let limiter = node(&url);
+    let tz = new_york();
+    let now = wall_us();
+    let (month, _) = calendar::month_of(now, tz);
+
+    // The GCRA refuses: the quota is not counted.
+    let s = subject("all-or-nothing");
+    let checks = [
+        check(&key(&s, "month"), Rule::Month { limit: 100, tz }),
+        check(&key(&s, "rate"), Rule::gcra(2, HOUR, None)),
+    ];
+    for _ in 0..2 {
+        assert!(limiter.decide(&checks, now).await.unwrap().allowed);
+    }
+    for _ in 0..3 {
+        let d = limiter.decide(&checks, now).await.unwrap();
+        assert!(!d.allowed);
+        assert!(d.statuses[0].allowed, "the quota alone would pass");
+        assert!(!d.statuses[1].allowed);
+        assert_eq!(d.statuses[0].remaining, 97);
+    }
+    assert_eq!(
+        limiter.quota_used(&key(&s, "month"), month).await.unwrap(),
+        2
+    );
+
+    // The quota refuses: the GCRA is not consumed.
+    let s = subject("all-or-nothing");
+    let checks = [
+        check(&key(&s, "month"), Rule::Month { limit: 1, tz }),
+        check(&key(&s, "rate"), Rule::gcra(5, HOUR, None)),
+    ];
+    let first = limiter.decide(&checks, now).await.unwrap();
+    assert!(first.allowed);
+    assert_eq!(first.statuses[1].remaining, 4);
+    for _ in 0..3 {
+        let d = limiter.decide(&checks, now).await.unwrap();
+        assert!(!d.allowed && !d.statuses[0].allowed && d.statuses[1].allowed);
+    }
+    let rate_only = limiter.decide(&checks[1..], now).await.unwrap();
+    assert!(rate_only.allowed);
+    assert_eq!(
+        rate_only.statuses[0].remaining, 3,
+        "one earlier request counted, not four"
+    );
+
+    // A refused decision takes no concurrency slot.
+    let s = subject("all-or-nothing");
+    let rate = check(&key(&s, "rate"), Rule::gcra(1, HOUR, None));
+    let slot = check(&key(&s, "inflight"), Rule::Concurrency { max: 1 });
+    assert!(
+        limiter
+            .decide(std::slice::from_ref(&rate), now)
+            .await
+            .unwrap()
+            .allowed
+    );
+    let d = limiter.decide(&[slot.clone(), rate], now).await.unwrap();
+    assert!(!d.allowed && d.statuses[0].allowed && d.permit.is_none());
+    let held = limiter.decide(&[slot], now).await.unwrap();
+    assert!(
+        held.allowed && held.permit.is_some(),
+        "the slot is still free"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Month boundaries and Retry-After, on a fixed clock.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_month_turns_at_local_midnight_on_redis() {
+    let url = require_redis!();
+    let limiter = fixed_clock_node(&url);
+    let tz = new_york();
+    // The next month's start in New York (05:00 or 04:00 UTC).
+    let bounds = calendar::month_bounds(wall_us(), tz);
+    let boundary = bounds[2];
+    let local = tz.timestamp_micros(boundary).unwrap();
+    assert_eq!((local.day(), local.hour(), local.minute()), (1, 0, 0));
+    assert_ne!(boundary % DAY, 0, "not a UTC midnight");
+    let next_end = bounds[3];
+
+    let quota_key = key(&subject("boundary"), "month");
+    let checks = [check(&quota_key, Rule::Month { limit: 3, tz })];
+    let decide = |at: i64| {
+        let limiter = &limiter;
+        let checks = &checks;
+        async move { limiter.decide(checks, at).await.unwrap() }
+    };
+    assert!(decide(boundary - 10 * DAY).await.allowed);
+    assert!(decide(boundary - 10 * DAY).await.allowed);
+    let last = decide(boundary - 1).await;
+    assert!(last.allowed);
+    assert_eq!(
+        last.statuses[0],
+        Status {
+            allowed: true,
+            remaining: 0,
+            reset_us: 1,
+            retry_after_us: 0
+        }
+    );
+    // Exhausted 1 µs before the boundary: the wait is exactly that 1 µs.
+    let refused = decide(boundary - 1).await;
+    assert!(!refused.allowed);
+    assert_eq!(
+        refused.statuses[0],
+        Status {
+            allowed: false,
+            remaining: 0,
+            reset_us: 1,
+            retry_after_us: 1
+        }
+    );
+    // At the boundary instant the new month admits.
+    let fresh = decide(boundary).await;
+    assert!(fresh.allowed);
+    assert_eq!(
+        fresh.statuses[0],
+        Status {
+            allowed: true,
+            remaining: 2,
+            reset_us: next_end - boundary,
+            retry_after_us: 0
+        }
+    );
+    assert_eq!(limiter.quota_used(&quota_key, bounds[1]).await.unwrap(), 3);
+    assert_eq!(limiter.quota_used(&quota_key, boundary).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn the_month_quota_names_the_exact_time_left() {
+    let url = require_redis!();
+    let limiter = fixed_clock_node(&url);
+    let tz = new_york();
+    let boundary = calendar::month_bounds(wall_us(), tz)[2];
+    let checks = [check(
+        &key(&subject("time-left"), "month"),
+        Rule::Month { limit: 1, tz },
+    )];
+    assert!(
+        limiter
+            .decide(&checks, boundary - 20 * DAY)
+            .await
+            .unwrap()
+            .allowed
+    );
+    for left in [10 * DAY + 17, HOUR, 1_234_567, 2, 1] {
+        let d = limiter.decide(&checks, boundary - left).await.unwrap();
+        assert!(!d.allowed);
+        assert_eq!(d.statuses[0].retry_after_us, left);
+        assert_eq!(d.statuses[0].reset_us, left);
+    }
+    assert!(limiter.decide(&checks, boundary).await.unwrap().allowed);
+}
+
+/// Fills the limit at `now`, then checks the refusal's `retry_after_us`
+/// against the truth: refused 1 µs before, admitted at it. Returns the
+/// instant it passed.
+async fn assert_retry_after_is_honest(redis: &Redis, checks: &[Check<'_>], now: i64) -> i64 {
+    let mut d = redis.decide(checks, now).await.unwrap();
+    let mut n = 0;
+    while d.allowed {
+        n += 1;
+        assert!(n < 10_000, "never refused");
+        d = redis.decide(checks, now).await.unwrap();
+    }
+    let retry = d.statuses[0].retry_after_us;
+    assert!(retry > 0);
+    let before = redis.decide(checks, now + retry - 1).await.unwrap();
+    assert!(
+        !before.allowed,
+        "passed 1 µs before the promised {retry} µs"
+    );
+    let at = redis.decide(checks, now + retry).await.unwrap();
+    assert!(at.allowed, "refused at the promised {retry} µs");
+    now + retry
+}
+
+#[tokio::test]
+async fn retry_after_is_never_early_gcra() {
+    let url = require_redis!();
+    let redis = redis(&url).with_fixed_clock();
+    let (mut rng, seed) = Rng::seeded();
+    for rule in [
+        Rule::gcra(10, MINUTE, None),
+        Rule::gcra(3, 7 * MINUTE + 1, Some(1)),
+        Rule::gcra(100, HOUR, Some(7)),
+    ] {
+        let checks = [check(&key(&subject("retry-gcra"), "rate"), rule)];
+        let mut now = wall_us();
+        for i in 0..40 {
+            let passed = assert_retry_after_is_honest(&redis, &checks, now).await;
+            assert!(passed > now, "step {i}, seed {seed}");
+            now = passed + rng.range(0, 3 * MINUTE);
+        }
+    }
+}
+
+#[tokio::test]
+async fn retry_after_is_never_early_sliding_window() {
+    let url = require_redis!();
+    let redis = redis(&url).with_fixed_clock();
+
+    // A state where the closed form of the wait rounds up in doubles
+    // (1 - 2/3): 3 requests in one minute, 2 at the start of the next.
+    let w = MINUTE;
+    let checks = [check(
+        &key(&subject("retry-window"), "rate"),
+        Rule::Window {
+            window_us: w,
+            limit: 5,
+        },
+    )];
+    let next_window = (wall_us() / w + 2) * w;
+    for at in [
+        next_window - w,
+        next_window - w,
+        next_window - w,
+        next_window,
+        next_window,
+    ] {
+        assert!(redis.decide(&checks, at).await.unwrap().allowed);
+    }
+    let refused = redis.decide(&checks, next_window).await.unwrap();
+    assert_eq!(refused.statuses[0].retry_after_us, 20 * SECOND_US);
+    assert_eq!(
+        assert_retry_after_is_honest(&redis, &checks, next_window).await,
+        next_window + 20 * SECOND_US
+    );
+
+    let (mut rng, seed) = Rng::seeded();
+    for (window_us, limit) in [(MINUTE, 5), (10 * MINUTE + 7, 9), (HOUR, 1)] {
+        let checks = [check(
+            &key(&subject("retry-window"), "rate"),
+            Rule::Window { window_us, limit },
+        )];
+        let mut now = wall_us();
+        for i in 0..40 {
+            let passed = assert_retry_after_is_honest(&redis, &checks, now).await;
+            assert!(passed > now, "step {i}, seed {seed}");
+            // Sometimes stay in the window, sometimes move into the next.
+            now = passed + rng.range(0, 2 * window_us);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Concurrency slots on Redis.
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_slots_are_shared_and_come_back_on_redis() {
+    let url = require_redis!();
+    let (a, b) = (node(&url), node(&url));
+    let checks = [check(
+        &key(&subject("inflight"), "inflight"),
+        Rule::Concurrency { max: 3 },
+    )];
+    let now = wall_us();
+    let mut held = Vec::new();
+    for (i, n) in [&a, &b, &a].into_iter().enumerate() {
+        let d = n.decide(&checks, now).await.unwrap();
+        assert!(d.allowed && d.permit.is_some());
+        assert_eq!(d.statuses[0].remaining, 2 - i as u64);
+        held.push(d);
+    }
+    for n in [&a, &b] {
+        let d = n.decide(&checks, now).await.unwrap();
+        assert!(!d.allowed && d.permit.is_none());
+        assert_eq!(d.statuses[0].retry_after_us, SECOND_US);
+    }
+    // Giving a slot back is sent in the background; wait (bounded) until
+    // another node sees it. Refused attempts take nothing.
+    drop(held.remove(1));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let again = loop {
+        let d = a.decide(&checks, wall_us()).await.unwrap();
+        if d.allowed {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "the slot never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(again.permit.is_some());
+    assert!(!b.decide(&checks, wall_us()).await.unwrap().allowed);
+    drop(again);
+    drop(held);
+}
+
+// ---------------------------------------------------------------------------
+// Incidents: Redis away, back, frozen; a node starting while it is down.
+// ---------------------------------------------------------------------------
+
+fn errors(l: &Limiter) -> u64 {
+    l.counters().backend_errors.load(Ordering::Relaxed)
+}
+
+/// Decides until Redis answers again, for at most 10 s (waiting on an
+/// external process, so polling is the only way).
+async fn await_recovery(limiter: &Limiter, checks: &[Check<'_>]) -> Decision {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match limiter.decide(checks, wall_us()).await {
+            Ok(d) => return d,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "Redis never came back: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_fail_fast_while_redis_is_away_and_recover() {
+    let Some(mut server) = RedisServer::on_free_port() else {
+        return;
+    };
+    server.start();
+    let limiter =
+        Limiter::redis(Redis::new(&options(&server.url(), Duration::from_millis(300))).unwrap());
+    let checks = [check(
+        &key(&subject("away"), "rate"),
+        Rule::gcra(1000, HOUR, None),
+    )];
+    assert!(limiter.decide(&checks, wall_us()).await.unwrap().allowed);
+    assert!(limiter.is_up());
+    let before = errors(&limiter);
+
+    server.stop();
+    let t = Instant::now();
+    let err = limiter.decide(&checks, wall_us()).await;
+    assert!(err.is_err(), "decided without Redis: {err:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(!limiter.is_up());
+    assert_eq!(errors(&limiter), before + 1);
+    let mut metrics = String::new();
+    limiter.render_metrics(&mut metrics);
+    assert!(metrics.contains("tollgate_ratelimit_backend_up{backend=\"redis\"} 0"));
+
+    // Within the back-off, decisions fail without asking Redis.
+    let t = Instant::now();
+    assert!(limiter.decide(&checks, wall_us()).await.is_err());
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(errors(&limiter), before + 2);
+
+    server.start();
+    let d = await_recovery(&limiter, &checks).await;
+    assert!(d.allowed);
+    assert!(limiter.is_up());
+    // The restarted server had no script cached; the decision loaded it.
+    for _ in 0..3 {
+        assert!(limiter.decide(&checks, wall_us()).await.unwrap().allowed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_while_redis_is_down() {
+    let Some(mut server) = RedisServer::on_free_port() else {
+        return;
+    };
+    // Nothing listens on the port yet: construction still succeeds.
+    let timeout = Duration::from_millis(200);
+    let redis = Redis::new(&options(&server.url(), timeout));
+    assert!(redis.is_ok(), "{redis:?}");
+    let limiter = Limiter::redis(redis.unwrap());
+    let checks = [check(
+        &key(&subject("cold-start"), "rate"),
+        Rule::gcra(1000, HOUR, None),
+    )];
+    // The decision fails within about its timeout (not after the client's
+    // own reconnection back-off, which starts at one second).
+    let t = Instant::now();
+    assert!(limiter.decide(&checks, wall_us()).await.is_err());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "a decision waited {:?} with a {timeout:?} timeout",
+        t.elapsed()
+    );
+    assert!(!limiter.is_up());
+    assert_eq!(errors(&limiter), 1);
+
+    server.start();
+    assert!(await_recovery(&limiter, &checks).await.allowed);
+    assert!(limiter.is_up());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_first_decision_does_not_wedge_the_node() {
+    let Some(mut server) = RedisServer::on_free_port() else {
+        return;
+    };
+    server.start();
+    let limiter =
+        Limiter::redis(Redis::new(&options(&server.url(), Duration::from_secs(5))).unwrap());
+    let checks = [check(
+        &key(&subject("cancelled"), "rate"),
+        Rule::gcra(1000, HOUR, None),
+    )];
+    // The server stops answering (the connection is accepted by the kernel
+    // but its handshake is never answered); the caller gives up on the
+    // first decision (a client that went away) while it is connecting.
+    server.signal("STOP");
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        limiter.decide(&checks, wall_us()),
+    )
+    .await;
+    assert!(gave_up.is_err(), "decided on a frozen server: {gave_up:?}");
+    server.signal("CONT");
+    // The next decision connects and is answered.
+    let d = limiter.decide(&checks, wall_us()).await;
+    assert!(d.as_ref().is_ok_and(|d| d.allowed), "{d:?}");
+    assert!(limiter.is_up());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_the_back_off_one_decision_probes_and_the_rest_fail_fast() {
+    let Some(mut server) = RedisServer::on_free_port() else {
+        return;
+    };
+    server.start();
+    let timeout = Duration::from_secs(1);
+    let limiter = Arc::new(Limiter::redis(
+        Redis::new(&options(&server.url(), timeout)).unwrap(),
+    ));
+    let checks = [check(
+        &key(&subject("probe"), "rate"),
+        Rule::gcra(1000, HOUR, None),
+    )];
+    let t0 = wall_us();
+    assert!(limiter.decide(&checks, t0).await.unwrap().allowed);
+    // Redis stops answering: the next decision waits for its timeout.
+    server.signal("STOP");
+    assert!(limiter.decide(&checks, t0).await.is_err());
+    assert!(!limiter.is_up());
+    // Past the 500 ms back-off (on the nodes' clock, which `decide` is
+    // given), eight requests arrive at once. One of them asks Redis (and
+    // waits for the timeout); the others must not pile onto a dead server.
+    let after = t0 + 600_000;
+    let start = Arc::new(tokio::sync::Barrier::new(8));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (limiter, checks, start) = (limiter.clone(), checks.to_vec(), start.clone());
+        set.spawn(async move {
+            start.wait().await;
+            let t = Instant::now();
+            let r = limiter.decide(&checks, after).await;
+            (r.is_err(), t.elapsed())
+        });
+    }
+    let mut waited = 0;
+    while let Some(r) = set.join_next().await {
+        let (failed, took) = r.unwrap();
+        assert!(failed);
+        // The probe waits for the timeout; a fast failure takes micro-
+        // seconds. Half the timeout separates them with room to spare.
+        if took >= timeout / 2 {
+            waited += 1;
+        }
+    }
+    assert_eq!(waited, 1, "decisions that waited on the frozen server");
+    server.signal("CONT");
+    // Later (by the nodes' clock) it recovers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut at = after;
+    loop {
+        at += 600_000;
+        if limiter.decide(&checks, at).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(limiter.is_up());
+}
