@@ -9,7 +9,7 @@
 //! holds the member roles' rules. Input is
 //! read by validated extractors ([`extract`]) and every error becomes an RFC
 //! 9457 problem in one place ([`error`]). Requests need `Authorization:
-//! Bearer <admin token>`, except `/healthz`, `/readyz` and `/openapi.json`.
+//! Bearer <admin token>`, except `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
 //! The OpenAPI 3.1 document is generated from this code ([`openapi`]) and
 //! committed as `docs/openapi.json`; a test fails when the copy is stale.
 
@@ -27,6 +27,7 @@ pub mod issue;
 pub mod jwt_issuers;
 pub mod keys;
 pub mod members;
+pub mod metrics;
 pub mod oauth_clients;
 pub mod openapi;
 pub mod orgs;
@@ -60,6 +61,8 @@ pub struct AdminState {
     /// `GET /orgs/{org}/usage`; without one, quota use is answered 503
     /// `limiter_unavailable`.
     pub usage: Option<Arc<dyn UsageReader>>,
+    /// What `GET /metrics` reports.
+    pub metrics: metrics::Sources,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -70,6 +73,7 @@ impl std::fmt::Debug for AdminState {
             .field("pepper", &self.pepper)
             .field("token_ttl", &self.token_ttl)
             .field("usage", &self.usage.as_ref().map(|_| "UsageReader"))
+            .field("metrics", &self.metrics.len())
             .finish()
     }
 }
@@ -98,6 +102,7 @@ pub fn router(state: AdminState) -> Router {
         ));
     Router::new()
         .merge(status::router())
+        .merge(metrics::router())
         .merge(openapi::router())
         .merge(protected)
         .fallback(error::not_found_fallback)

@@ -11,7 +11,7 @@ use crate::AdminState;
 #[openapi(
     info(title = "Tollgate admin API", description = "Configure Tollgate: services, routes, policies, the declarative configuration, identity (organizations, users, apps and their credentials), and traffic control (plans, subscriptions and quota usage). Every error is an RFC 9457 problem with a stable `code`."),
     paths(
-        crate::status::healthz, crate::status::readyz,
+        crate::status::healthz, crate::status::readyz, crate::metrics::metrics,
         crate::services::list, crate::services::create, crate::services::read, crate::services::replace, crate::services::patch, crate::services::remove,
         crate::routes::list, crate::routes::list_for_service, crate::routes::create, crate::routes::read, crate::routes::replace, crate::routes::patch, crate::routes::remove,
         crate::policies::list, crate::policies::create, crate::policies::read, crate::policies::replace, crate::policies::remove,

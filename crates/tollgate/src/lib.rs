@@ -315,6 +315,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             pepper: pepper.clone(),
             token_ttl,
             usage: Some(Arc::new(traffic::LimiterUsage(limiter.clone()))),
+            metrics: vec![limiter.clone()],
         });
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {

@@ -67,7 +67,12 @@ pub async fn seed_quotas(store: &Store, limiter: &Limiter) -> anyhow::Result<()>
     for r in rows.iter().filter(|r| r.counter == STORE_COUNTER) {
         let start = r.period_start * 1000;
         // The end is only used to age the entry out; a month is at most 31 days.
-        local.seed_quota(&r.subject, start, start + 31 * 86_400_000_000, r.count.max(0) as u64);
+        local.seed_quota(
+            &r.subject,
+            start,
+            start + 31 * 86_400_000_000,
+            r.count.max(0) as u64,
+        );
     }
     Ok(())
 }

@@ -69,6 +69,7 @@ impl Api {
             pepper: tollgate_identity::apikey::Pepper::new(&PEPPER).expect("pepper"),
             token_ttl: std::time::Duration::from_secs(TOKEN_TTL_SECS as u64),
             usage,
+            metrics: Vec::new(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
