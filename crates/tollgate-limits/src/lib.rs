@@ -16,6 +16,7 @@ pub mod calendar;
 pub mod catalog;
 pub mod local;
 pub mod redis;
+pub mod testing;
 
 use std::borrow::Cow;
 use std::sync::Arc;
