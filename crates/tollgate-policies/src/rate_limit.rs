@@ -210,32 +210,16 @@ fn plan_checks(r: &Resolved, checks: &mut Vec<Check<'_>>, applied: &mut Vec<Appl
             rule,
         });
     };
-    if let Some(n) = per_second {
-        add(
-            "plan-second",
-            Rule::gcra(n, SECOND_US, burst),
-            n,
-            Some(1),
-            None,
-        );
-    }
-    if let Some(n) = per_minute {
-        add(
-            "plan-minute",
-            Rule::gcra(n, 60 * SECOND_US, None),
-            n,
-            Some(60),
-            None,
-        );
-    }
-    if let Some(n) = per_hour {
-        add(
-            "plan-hour",
-            Rule::gcra(n, 3600 * SECOND_US, None),
-            n,
-            Some(3600),
-            None,
-        );
+    let rates = [
+        ("plan-second", 1, per_second, burst),
+        ("plan-minute", 60, per_minute, None),
+        ("plan-hour", 3600, per_hour, None),
+    ];
+    for (name, secs, n, burst) in rates {
+        if let Some(n) = n {
+            let rule = Rule::gcra(n, secs * SECOND_US, burst);
+            add(name, rule, n, Some(secs), None);
+        }
     }
     if let Some(n) = monthly_quota {
         let rule = Rule::Month {
