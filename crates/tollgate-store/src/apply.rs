@@ -19,7 +19,7 @@ use tollgate_core::config::{
 use tollgate_core::ids::{PolicyId, RouteId, ServiceId};
 
 use crate::db::{Conn, Pool};
-use crate::sql::{self, IssuerRow, PlanRow, PolicyRow, RouteRow, ServiceRow, now_millis};
+use crate::sql::{self, PolicyRow, RouteRow, ServiceRow, now_millis};
 use crate::{Change, ChangeSet, Kind, Op, PolicyScope, StoreError};
 
 /// Reads everything in one snapshot and assembles the declarative config.
@@ -29,8 +29,8 @@ pub(crate) async fn export(pool: &Pool) -> Result<(i64, Config), StoreError> {
     let services = sql::all_services(&mut conn).await?;
     let routes = sql::all_routes(&mut conn).await?;
     let policies = sql::all_policies(&mut conn).await?;
-    let issuers = sql::all_jwt_issuers(&mut conn).await?;
-    let plans = sql::all_plans(&mut conn).await?;
+    let issuers = sql::JWT_ISSUERS.all(&mut conn).await?;
+    let plans = sql::PLANS.all(&mut conn).await?;
     conn.commit().await?;
     Ok((
         revision,
@@ -44,8 +44,8 @@ fn assemble(
     services: Vec<ServiceRow>,
     routes: Vec<RouteRow>,
     policies: Vec<PolicyRow>,
-    issuers: Vec<IssuerRow>,
-    plans: Vec<PlanRow>,
+    issuers: Vec<sql::NamedRow>,
+    plans: Vec<sql::NamedRow>,
 ) -> Result<Config, StoreError> {
     let mut global = Vec::new();
     let mut by_service: HashMap<ServiceId, Vec<PolicySpec>> = HashMap::new();
@@ -85,12 +85,12 @@ fn assemble(
 
     let mut jwt_issuers = issuers
         .iter()
-        .map(IssuerRow::spec)
+        .map(|r| sql::JWT_ISSUERS.spec(r))
         .collect::<Result<Vec<_>, _>>()?;
     jwt_issuers.sort_by(|a, b| a.name.cmp(&b.name));
     let mut plans = plans
         .iter()
-        .map(PlanRow::spec)
+        .map(|r| sql::PLANS.spec(r))
         .collect::<Result<Vec<_>, _>>()?;
     plans.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -186,8 +186,8 @@ impl Current {
         let service_rows = sql::all_services(conn).await?;
         let route_rows = sql::all_routes(conn).await?;
         let policy_rows = sql::all_policies(conn).await?;
-        let issuer_rows = sql::all_jwt_issuers(conn).await?;
-        let plan_rows = sql::all_plans(conn).await?;
+        let issuer_rows = sql::JWT_ISSUERS.all(conn).await?;
+        let plan_rows = sql::PLANS.all(conn).await?;
 
         let mut service_names = HashMap::new();
         let mut services = HashMap::new();
@@ -228,14 +228,14 @@ impl Current {
         let issuers = issuer_rows
             .into_iter()
             .map(|row| {
-                let spec = row.spec().ok();
+                let spec = sql::JWT_ISSUERS.spec(&row).ok();
                 (row.name, (row.id, spec))
             })
             .collect();
         let plans = plan_rows
             .into_iter()
             .map(|row| {
-                let spec = row.spec().ok();
+                let spec = sql::PLANS.spec(&row).ok();
                 (row.name, (row.id, spec))
             })
             .collect();
@@ -297,20 +297,22 @@ impl Step {
             Step::DeletePolicy(id) => sql::delete_policy(conn, id).await.map(drop),
             Step::DeleteRoute(id) => sql::delete_route(conn, id).await.map(drop),
             Step::DeleteService(id) => sql::delete_service(conn, id).await.map(drop),
-            Step::CreateIssuer(id, spec) => sql::insert_jwt_issuer(conn, id, spec, now).await,
-            Step::UpdateIssuer(id, spec) => sql::update_jwt_issuer(conn, id, spec, now)
+            Step::CreateIssuer(id, spec) => sql::JWT_ISSUERS.insert(conn, id, spec, now).await,
+            Step::UpdateIssuer(id, spec) => sql::JWT_ISSUERS
+                .update(conn, id, spec, now)
                 .await?
                 .then_some(())
                 .ok_or_else(|| StoreError::not_found("jwt_issuer", &spec.name)),
-            Step::DeleteIssuer(id) => sql::delete_jwt_issuer(conn, id).await.map(drop),
-            Step::CreatePlan(id, spec) => sql::insert_plan(conn, id, spec, now).await,
-            Step::UpdatePlan(id, spec) => sql::update_plan(conn, id, spec, now)
+            Step::DeleteIssuer(id) => sql::JWT_ISSUERS.delete(conn, id, id).await.map(drop),
+            Step::CreatePlan(id, spec) => sql::PLANS.insert(conn, id, spec, now).await,
+            Step::UpdatePlan(id, spec) => sql::PLANS
+                .update(conn, id, spec, now)
                 .await?
                 .then_some(())
                 .ok_or_else(|| StoreError::not_found("plan", &spec.name)),
             Step::DeletePlan(id, name) => {
                 sql::ensure_plan_unused(conn, name).await?;
-                sql::delete_plan(conn, id, name).await.map(drop)
+                sql::PLANS.delete(conn, id, name).await.map(drop)
             }
         }
     }
@@ -423,7 +425,7 @@ fn plan(mut current: Current, config: &Config) -> Plan {
             }
             None => {
                 change(Kind::JwtIssuer, spec.name.clone(), Op::Create);
-                policy_upserts.push(Step::CreateIssuer(sql::new_jwt_issuer_id(), spec.clone()));
+                policy_upserts.push(Step::CreateIssuer(sql::JWT_ISSUERS.new_id(), spec.clone()));
             }
         }
     }
@@ -438,7 +440,7 @@ fn plan(mut current: Current, config: &Config) -> Plan {
             }
             None => {
                 change(Kind::Plan, spec.name.clone(), Op::Create);
-                policy_upserts.push(Step::CreatePlan(sql::new_plan_id(), spec.clone()));
+                policy_upserts.push(Step::CreatePlan(sql::PLANS.new_id(), spec.clone()));
             }
         }
     }

@@ -16,20 +16,22 @@ impl Store {
     /// Every plan, ordered by name.
     pub async fn list_plans(&self) -> Result<Vec<PlanSpec>, StoreError> {
         let mut conn = self.pool.conn().await?;
-        sql::all_plans(&mut conn)
+        sql::PLANS
+            .all(&mut conn)
             .await?
             .iter()
-            .map(sql::PlanRow::spec)
+            .map(|r| sql::PLANS.spec(r))
             .collect()
     }
 
     /// The plan with this name.
     pub async fn get_plan(&self, name: &str) -> Result<PlanSpec, StoreError> {
         let mut conn = self.pool.conn().await?;
-        sql::plan_by_name(&mut conn, name)
+        let row = sql::PLANS
+            .by_name(&mut conn, name)
             .await?
-            .ok_or_else(|| StoreError::not_found("plan", name))?
-            .spec()
+            .ok_or_else(|| StoreError::not_found("plan", name))?;
+        sql::PLANS.spec(&row)
     }
 
     /// Creates a plan. `Invalid` when it fails validation or its `apis` name
@@ -38,7 +40,9 @@ impl Store {
         spec.validate().map_err(StoreError::Invalid)?;
         let mut conn = self.write().await?;
         check_apis(&mut conn, &spec).await?;
-        sql::insert_plan(&mut conn, &sql::new_plan_id(), &spec, now_millis()).await?;
+        sql::PLANS
+            .insert(&mut conn, &sql::PLANS.new_id(), &spec, now_millis())
+            .await?;
         conn.commit().await?;
         Ok(spec)
     }
@@ -48,11 +52,14 @@ impl Store {
     pub async fn update_plan(&self, spec: PlanSpec) -> Result<PlanSpec, StoreError> {
         spec.validate().map_err(StoreError::Invalid)?;
         let mut conn = self.write().await?;
-        let row = sql::plan_by_name(&mut conn, &spec.name)
+        let row = sql::PLANS
+            .by_name(&mut conn, &spec.name)
             .await?
             .ok_or_else(|| StoreError::not_found("plan", &spec.name))?;
         check_apis(&mut conn, &spec).await?;
-        sql::update_plan(&mut conn, &row.id, &spec, now_millis()).await?;
+        sql::PLANS
+            .update(&mut conn, &row.id, &spec, now_millis())
+            .await?;
         conn.commit().await?;
         Ok(spec)
     }
@@ -61,11 +68,12 @@ impl Store {
     /// subscription uses it.
     pub async fn delete_plan(&self, name: &str) -> Result<(), StoreError> {
         let mut conn = self.write().await?;
-        let row = sql::plan_by_name(&mut conn, name)
+        let row = sql::PLANS
+            .by_name(&mut conn, name)
             .await?
             .ok_or_else(|| StoreError::not_found("plan", name))?;
         sql::ensure_plan_unused(&mut conn, name).await?;
-        sql::delete_plan(&mut conn, &row.id, name).await?;
+        sql::PLANS.delete(&mut conn, &row.id, name).await?;
         conn.commit().await
     }
 }
@@ -96,8 +104,8 @@ pub(crate) async fn ensure_no_plan_names(
     service: &str,
     action: &str,
 ) -> Result<(), StoreError> {
-    for row in sql::all_plans(conn).await? {
-        if row.spec()?.apis.iter().any(|a| a == service) {
+    for row in sql::PLANS.all(conn).await? {
+        if sql::PLANS.spec(&row)?.apis.iter().any(|a| a == service) {
             return Err(StoreError::Conflict(format!(
                 "the plan `{}` includes the service `{service}` in `apis`; \
                  remove it from the plan before you {action} the service",

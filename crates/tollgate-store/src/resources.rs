@@ -302,10 +302,11 @@ impl Store {
     /// Every trusted JWT issuer, ordered by name.
     pub async fn list_jwt_issuers(&self) -> Result<Vec<JwtIssuerSpec>, StoreError> {
         let mut conn = self.pool.conn().await?;
-        sql::all_jwt_issuers(&mut conn)
+        sql::JWT_ISSUERS
+            .all(&mut conn)
             .await?
             .iter()
-            .map(sql::IssuerRow::spec)
+            .map(|r| sql::JWT_ISSUERS.spec(r))
             .collect()
     }
 
@@ -315,13 +316,17 @@ impl Store {
         validate_issuer(&spec)?;
         let now = now_millis();
         let mut conn = self.write().await?;
-        let created = match sql::jwt_issuer_by_name(&mut conn, &spec.name).await? {
+        let created = match sql::JWT_ISSUERS.by_name(&mut conn, &spec.name).await? {
             Some(row) => {
-                sql::update_jwt_issuer(&mut conn, &row.id, &spec, now).await?;
+                sql::JWT_ISSUERS
+                    .update(&mut conn, &row.id, &spec, now)
+                    .await?;
                 false
             }
             None => {
-                sql::insert_jwt_issuer(&mut conn, &sql::new_jwt_issuer_id(), &spec, now).await?;
+                sql::JWT_ISSUERS
+                    .insert(&mut conn, &sql::JWT_ISSUERS.new_id(), &spec, now)
+                    .await?;
                 true
             }
         };
@@ -333,7 +338,8 @@ impl Store {
     /// `Conflict` while an `auth` policy still names it in `issuers`.
     pub async fn delete_jwt_issuer(&self, name: &str) -> Result<(), StoreError> {
         let mut conn = self.write().await?;
-        let row = sql::jwt_issuer_by_name(&mut conn, name)
+        let row = sql::JWT_ISSUERS
+            .by_name(&mut conn, name)
             .await?
             .ok_or_else(|| StoreError::not_found("jwt_issuer", name))?;
         for policy in sql::all_policies(&mut conn).await? {
@@ -348,7 +354,7 @@ impl Store {
                 )));
             }
         }
-        sql::delete_jwt_issuer(&mut conn, &row.id).await?;
+        sql::JWT_ISSUERS.delete(&mut conn, &row.id, name).await?;
         conn.commit().await
     }
 

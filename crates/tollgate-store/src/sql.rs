@@ -518,203 +518,177 @@ pub(crate) async fn admin_token_exists(
 }
 
 // ---------------------------------------------------------------------------
-// JWT issuers
+// Configuration objects addressed by name (JWT issuers, plans): one row per
+// object, its settings as a JSON spec, and an internal id.
 
+/// A row of a [`Named`] table.
 #[derive(Debug, sqlx::FromRow)]
-pub(crate) struct IssuerRow {
+pub(crate) struct NamedRow {
     pub id: String,
     pub name: String,
     pub spec: String,
 }
 
-impl IssuerRow {
-    pub(crate) fn spec(&self) -> Result<JwtIssuerSpec, StoreError> {
-        serde_json::from_str(&self.spec)
-            .map_err(|e| StoreError::Corrupt(format!("JWT issuer {}: spec: {e}", self.id)))
+/// A spec kept in a [`Named`] table.
+pub(crate) trait NamedSpec: serde::Serialize + serde::de::DeserializeOwned {
+    fn name(&self) -> &str;
+}
+
+impl NamedSpec for JwtIssuerSpec {
+    fn name(&self) -> &str {
+        &self.name
     }
 }
 
-/// Every JWT issuer, ordered by name.
-pub(crate) async fn all_jwt_issuers(conn: &mut Conn) -> Result<Vec<IssuerRow>, StoreError> {
-    const SQL: &str = "SELECT id, name, spec FROM jwt_issuers ORDER BY name";
-    Ok(on_conn!(conn, |c| sqlx::query_as(SQL)
-        .fetch_all(&mut *c)
-        .await)?)
-}
-
-pub(crate) async fn jwt_issuer_by_name(
-    conn: &mut Conn,
-    name: &str,
-) -> Result<Option<IssuerRow>, StoreError> {
-    const SQL: &str = "SELECT id, name, spec FROM jwt_issuers WHERE name = $1";
-    Ok(on_conn!(conn, |c| sqlx::query_as(SQL)
-        .bind(name)
-        .fetch_optional(&mut *c)
-        .await)?)
-}
-
-/// A fresh JWT issuer id: `jwi_` and a lower-case ULID (no typed id exists;
-/// issuers are addressed by name).
-pub(crate) fn new_jwt_issuer_id() -> String {
-    format!("jwi_{}", ulid::Ulid::new().to_string().to_ascii_lowercase())
-}
-
-pub(crate) async fn insert_jwt_issuer(
-    conn: &mut Conn,
-    id: &str,
-    spec: &JwtIssuerSpec,
-    now: i64,
-) -> Result<(), StoreError> {
-    const SQL: &str = "INSERT INTO jwt_issuers (id, name, spec, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $4)";
-    let json = to_json(spec)?;
-    on_conn!(conn, |c| sqlx::query(SQL)
-        .bind(id)
-        .bind(spec.name.as_str())
-        .bind(json.as_str())
-        .bind(now)
-        .execute(&mut *c)
-        .await
-        .map(drop))
-    .map_err(|e| {
-        StoreError::unique(e, || {
-            format!("a JWT issuer named `{}` already exists", spec.name)
-        })
-    })?;
-    Ok(())
-}
-
-/// Replaces an issuer's settings (its name stays); false when it does not exist.
-pub(crate) async fn update_jwt_issuer(
-    conn: &mut Conn,
-    id: &str,
-    spec: &JwtIssuerSpec,
-    now: i64,
-) -> Result<bool, StoreError> {
-    const SQL: &str = "UPDATE jwt_issuers SET spec = $2, updated_at = $3 WHERE id = $1";
-    let json = to_json(spec)?;
-    let done = on_conn!(conn, |c| sqlx::query(SQL)
-        .bind(id)
-        .bind(json.as_str())
-        .bind(now)
-        .execute(&mut *c)
-        .await
-        .map(|r| r.rows_affected()))?;
-    Ok(done > 0)
-}
-
-/// Deletes an issuer by id; false when it did not exist.
-pub(crate) async fn delete_jwt_issuer(conn: &mut Conn, id: &str) -> Result<bool, StoreError> {
-    const SQL: &str = "DELETE FROM jwt_issuers WHERE id = $1";
-    let done = on_conn!(conn, |c| sqlx::query(SQL)
-        .bind(id)
-        .execute(&mut *c)
-        .await
-        .map(|r| r.rows_affected()))?;
-    Ok(done > 0)
-}
-
-// ---------------------------------------------------------------------------
-// Plans
-
-#[derive(Debug, sqlx::FromRow)]
-pub(crate) struct PlanRow {
-    pub id: String,
-    pub name: String,
-    pub spec: String,
-}
-
-impl PlanRow {
-    pub(crate) fn spec(&self) -> Result<PlanSpec, StoreError> {
-        serde_json::from_str(&self.spec)
-            .map_err(|e| StoreError::Corrupt(format!("plan {}: spec: {e}", self.id)))
+impl NamedSpec for PlanSpec {
+    fn name(&self) -> &str {
+        &self.name
     }
 }
 
-/// Every plan, ordered by name.
-pub(crate) async fn all_plans(conn: &mut Conn) -> Result<Vec<PlanRow>, StoreError> {
-    const SQL: &str = "SELECT id, name, spec FROM plans ORDER BY name";
-    Ok(on_conn!(conn, |c| sqlx::query_as(SQL)
-        .fetch_all(&mut *c)
-        .await)?)
+/// A table of named configuration objects of type `T`.
+pub(crate) struct Named<T> {
+    table: &'static str,
+    /// What one object is called in messages (`JWT issuer`, `plan`).
+    what: &'static str,
+    /// Prefix of the internal ids (`jwi_`, `pln_`).
+    prefix: &'static str,
+    /// The conflict message when a foreign key keeps the object from being deleted.
+    in_use: fn(&str) -> String,
+    spec: std::marker::PhantomData<fn() -> T>,
 }
 
-pub(crate) async fn plan_by_name(
-    conn: &mut Conn,
-    name: &str,
-) -> Result<Option<PlanRow>, StoreError> {
-    const SQL: &str = "SELECT id, name, spec FROM plans WHERE name = $1";
-    Ok(on_conn!(conn, |c| sqlx::query_as(SQL)
-        .bind(name)
-        .fetch_optional(&mut *c)
-        .await)?)
-}
+pub(crate) const JWT_ISSUERS: Named<JwtIssuerSpec> = Named {
+    table: "jwt_issuers",
+    what: "JWT issuer",
+    prefix: "jwi_",
+    in_use: |name| format!("the JWT issuer `{name}` is in use"),
+    spec: std::marker::PhantomData,
+};
 
-/// A fresh plan id: `pln_` and a lower-case ULID (plans are addressed by
-/// name; the id is internal, like a JWT issuer's).
-pub(crate) fn new_plan_id() -> String {
-    format!("pln_{}", ulid::Ulid::new().to_string().to_ascii_lowercase())
-}
+pub(crate) const PLANS: Named<PlanSpec> = Named {
+    table: "plans",
+    what: "plan",
+    prefix: "pln_",
+    in_use: |name| {
+        format!(
+            "the plan `{name}` has subscriptions; move them to another plan or delete them first"
+        )
+    },
+    spec: std::marker::PhantomData,
+};
 
-pub(crate) async fn insert_plan(
-    conn: &mut Conn,
-    id: &str,
-    spec: &PlanSpec,
-    now: i64,
-) -> Result<(), StoreError> {
-    const SQL: &str = "INSERT INTO plans (id, name, spec, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $4)";
-    let json = to_json(spec)?;
-    on_conn!(conn, |c| sqlx::query(SQL)
-        .bind(id)
-        .bind(spec.name.as_str())
-        .bind(json.as_str())
-        .bind(now)
-        .execute(&mut *c)
-        .await
-        .map(drop))
-    .map_err(|e| {
-        StoreError::unique(e, || format!("a plan named `{}` already exists", spec.name))
-    })?;
-    Ok(())
-}
+impl<T: NamedSpec> Named<T> {
+    /// The spec stored in `row`.
+    pub(crate) fn spec(&self, row: &NamedRow) -> Result<T, StoreError> {
+        serde_json::from_str(&row.spec)
+            .map_err(|e| StoreError::Corrupt(format!("{} {}: spec: {e}", self.what, row.id)))
+    }
 
-/// Replaces a plan's settings (its name stays); false when it does not exist.
-pub(crate) async fn update_plan(
-    conn: &mut Conn,
-    id: &str,
-    spec: &PlanSpec,
-    now: i64,
-) -> Result<bool, StoreError> {
-    const SQL: &str = "UPDATE plans SET spec = $2, updated_at = $3 WHERE id = $1";
-    let json = to_json(spec)?;
-    let done = on_conn!(conn, |c| sqlx::query(SQL)
-        .bind(id)
-        .bind(json.as_str())
-        .bind(now)
-        .execute(&mut *c)
-        .await
-        .map(|r| r.rows_affected()))?;
-    Ok(done > 0)
-}
+    /// Every object, ordered by name.
+    pub(crate) async fn all(&self, conn: &mut Conn) -> Result<Vec<NamedRow>, StoreError> {
+        let sql = format!("SELECT id, name, spec FROM {} ORDER BY name", self.table);
+        Ok(on_conn!(conn, |c| sqlx::query_as(&sql)
+            .fetch_all(&mut *c)
+            .await)?)
+    }
 
-/// Deletes a plan by id; false when it did not exist. The caller checks
-/// that no subscription uses it; the foreign key refuses a racing one,
-/// which reads as `Conflict`.
-pub(crate) async fn delete_plan(conn: &mut Conn, id: &str, name: &str) -> Result<bool, StoreError> {
-    const SQL: &str = "DELETE FROM plans WHERE id = $1";
-    let done = on_conn!(conn, |c| sqlx::query(SQL)
-        .bind(id)
-        .execute(&mut *c)
-        .await
-        .map(|r| r.rows_affected()))
-    .map_err(|e| match &e {
-        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-            StoreError::Conflict(plan_in_use(name))
-        }
-        _ => StoreError::from(e),
-    })?;
-    Ok(done > 0)
+    pub(crate) async fn by_name(
+        &self,
+        conn: &mut Conn,
+        name: &str,
+    ) -> Result<Option<NamedRow>, StoreError> {
+        let sql = format!("SELECT id, name, spec FROM {} WHERE name = $1", self.table);
+        Ok(on_conn!(conn, |c| sqlx::query_as(&sql)
+            .bind(name)
+            .fetch_optional(&mut *c)
+            .await)?)
+    }
+
+    /// A fresh internal id: the prefix and a lower-case ULID (these objects
+    /// are addressed by name, so they have no typed id).
+    pub(crate) fn new_id(&self) -> String {
+        format!(
+            "{}{}",
+            self.prefix,
+            ulid::Ulid::new().to_string().to_ascii_lowercase()
+        )
+    }
+
+    pub(crate) async fn insert(
+        &self,
+        conn: &mut Conn,
+        id: &str,
+        spec: &T,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO {} (id, name, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
+            self.table
+        );
+        let json = to_json(spec)?;
+        on_conn!(conn, |c| sqlx::query(&sql)
+            .bind(id)
+            .bind(spec.name())
+            .bind(json.as_str())
+            .bind(now)
+            .execute(&mut *c)
+            .await
+            .map(drop))
+        .map_err(|e| {
+            StoreError::unique(e, || {
+                format!("a {} named `{}` already exists", self.what, spec.name())
+            })
+        })?;
+        Ok(())
+    }
+
+    /// Replaces an object's settings (its name stays); false when it does not exist.
+    pub(crate) async fn update(
+        &self,
+        conn: &mut Conn,
+        id: &str,
+        spec: &T,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE {} SET spec = $2, updated_at = $3 WHERE id = $1",
+            self.table
+        );
+        let json = to_json(spec)?;
+        let done = on_conn!(conn, |c| sqlx::query(&sql)
+            .bind(id)
+            .bind(json.as_str())
+            .bind(now)
+            .execute(&mut *c)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(done > 0)
+    }
+
+    /// Deletes an object by id; false when it did not exist. A foreign key
+    /// that still refers to it (a subscription to a plan, say) reads as
+    /// `Conflict`.
+    pub(crate) async fn delete(
+        &self,
+        conn: &mut Conn,
+        id: &str,
+        name: &str,
+    ) -> Result<bool, StoreError> {
+        let sql = format!("DELETE FROM {} WHERE id = $1", self.table);
+        let done = on_conn!(conn, |c| sqlx::query(&sql)
+            .bind(id)
+            .execute(&mut *c)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                StoreError::Conflict((self.in_use)(name))
+            }
+            _ => StoreError::from(e),
+        })?;
+        Ok(done > 0)
+    }
 }
 
 /// `Conflict` while any subscription, of any organization, uses the plan:
@@ -726,12 +700,7 @@ pub(crate) async fn ensure_plan_unused(conn: &mut Conn, name: &str) -> Result<()
         .fetch_one(&mut *c)
         .await)?;
     if n > 0 {
-        return Err(StoreError::Conflict(plan_in_use(name)));
+        return Err(StoreError::Conflict((PLANS.in_use)(name)));
     }
     Ok(())
-}
-
-/// The conflict message for deleting a plan that is subscribed to.
-fn plan_in_use(name: &str) -> String {
-    format!("the plan `{name}` has subscriptions; move them to another plan or delete them first")
 }

@@ -179,8 +179,8 @@ async fn check_terms(
     overrides: &PlanLimits,
 ) -> Result<(), StoreError> {
     let mut errs = Errors::default();
-    let spec = match config_sql::plan_by_name(conn, plan).await? {
-        Some(row) => Some(row.spec()?),
+    let spec = match config_sql::PLANS.by_name(conn, plan).await? {
+        Some(row) => Some(config_sql::PLANS.spec(&row)?),
         None => {
             errs.push("plan", format!("no plan is named `{plan}`"));
             None
