@@ -499,6 +499,65 @@ mod tests {
         assert_eq!(secs_up(0), 0);
     }
 
+    fn ctx(caller: Option<Caller>) -> RequestCtx {
+        let mut c = RequestCtx::new(
+            HeaderValue::from_static("req"),
+            [10, 0, 0, 1].into(),
+            [192, 0, 2, 7].into(),
+            Arc::from("r"),
+            Arc::from("s"),
+        );
+        c.caller = caller;
+        c
+    }
+
+    fn token(claims: serde_json::Value) -> Caller {
+        Caller::Token(tollgate_identity::authn::TokenCaller {
+            credential: tollgate_core::identity::CredentialType::Jwt,
+            org: Some("org_1".into()),
+            app: None,
+            subject: Some("alice".into()),
+            scopes: vec![],
+            issuer: Arc::from("idp"),
+            claims: Arc::new(claims.as_object().cloned().unwrap_or_default()),
+        })
+    }
+
+    #[test]
+    fn subjects_follow_by_and_fall_back_to_the_address() {
+        let req = http::Request::builder()
+            .header("x-tenant", "blue")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let by = |s: &str| s.parse::<LimitBy>().unwrap();
+        let anon = ctx(None);
+        assert_eq!(
+            subject(&by("header:X-Tenant"), &anon, &req),
+            "h:x-tenant=blue"
+        );
+        assert_eq!(subject(&by("header:x-other"), &anon, &req), "ip:192.0.2.7");
+        assert_eq!(subject(&by("consumer"), &anon, &req), "ip:192.0.2.7");
+        assert_eq!(subject(&by("route"), &anon, &req), "all");
+        let t = ctx(Some(token(serde_json::json!({"tier": 3, "team": "red"}))));
+        assert_eq!(subject(&by("claim:tier"), &t, &req), "c:tier=3");
+        let team = subject(&by("claim:team"), &t, &req);
+        assert!(team.starts_with("c:team#"), "{team}");
+        assert_ne!(
+            team,
+            subject(
+                &by("claim:team"),
+                &ctx(Some(token(serde_json::json!({"team": "blue"})))),
+                &req
+            )
+        );
+        assert_eq!(subject(&by("claim:missing"), &t, &req), "ip:192.0.2.7");
+        assert_eq!(subject(&by("org"), &t, &req), "org_1");
+        assert_eq!(subject(&by("app"), &t, &req), "ip:192.0.2.7");
+        assert_eq!(subject(&by("consumer"), &t, &req), "tok:idp:alice");
+    }
+
     #[test]
     fn long_or_odd_header_values_become_stable_digests() {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
