@@ -129,6 +129,11 @@ impl Local {
 
     /// Decides `checks` at `now_us`; writes nothing unless all pass.
     pub fn decide(&self, checks: &[Check], now_us: i64) -> Decision {
+        if let [check] = checks
+            && !matches!(check.rule, Rule::Month { .. })
+        {
+            return self.decide_one(check, now_us);
+        }
         // Resolve each check's map key (a month's key names its period).
         let keys: Vec<(Cow<'_, str>, Option<Period>)> = checks
             .iter()
@@ -184,6 +189,32 @@ impl Local {
             allowed,
             statuses,
             permit: (!held.is_empty()).then(|| Permit::local(self.shards.clone(), held)),
+        }
+    }
+
+    /// [`Local::decide`] for one limit that is not a month: one lock, no
+    /// bookkeeping across shards.
+    fn decide_one(&self, check: &Check, now_us: i64) -> Decision {
+        let key: &str = &check.key;
+        let mut shard = self.shards.lock(self.shards.index(key));
+        let cell = shard.map.get(key).copied();
+        let (status, cell) = step(check.rule, cell, now_us, None);
+        if status.allowed {
+            match shard.map.get_mut(key) {
+                Some(c) => *c = cell,
+                None => {
+                    shard.map.insert(key.to_owned(), cell);
+                }
+            }
+        }
+        shard.sweep(now_us);
+        drop(shard);
+        let permit = (status.allowed && matches!(check.rule, Rule::Concurrency { .. }))
+            .then(|| Permit::local(self.shards.clone(), vec![key.to_owned()]));
+        Decision {
+            allowed: status.allowed,
+            statuses: vec![status],
+            permit,
         }
     }
 

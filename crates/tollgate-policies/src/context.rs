@@ -29,6 +29,12 @@ pub struct RequestCtx {
     pub cors_origin: Option<HeaderValue>,
     /// Who is calling, once the `auth` policy verified a credential.
     pub caller: Option<tollgate_identity::authn::Caller>,
+    /// The `RateLimit-Policy` and `RateLimit` fields for the response, set
+    /// by the `rate_limit` policy.
+    pub rate_limit: Option<RateLimitFields>,
+    /// Concurrency slots this request holds; given back when the context
+    /// is dropped (once the response head has been sent).
+    pub permit: Option<tollgate_limits::Permit>,
     /// Free-form typed state for policies that need more.
     pub extensions: http::Extensions,
 }
@@ -51,6 +57,8 @@ impl RequestCtx {
             body_limit: None,
             cors_origin: None,
             caller: None,
+            rate_limit: None,
+            permit: None,
             extensions: http::Extensions::new(),
         }
     }
@@ -68,6 +76,13 @@ impl RequestCtx {
     pub fn limit_body(&mut self, max: u64) {
         self.body_limit = Some(self.body_limit.map_or(max, |cur| cur.min(max)));
     }
+}
+
+/// The rate-limit fields of a response.
+#[derive(Debug, Clone)]
+pub struct RateLimitFields {
+    pub policy: HeaderValue,
+    pub state: HeaderValue,
 }
 
 /// The outcome of an access hook.

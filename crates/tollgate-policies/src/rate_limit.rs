@@ -29,9 +29,9 @@ use tollgate_core::problem::ErrorCode;
 use tollgate_identity::authn::Caller;
 use tollgate_limits::algo::SECOND_US;
 use tollgate_limits::catalog::{MONTHLY_QUOTA, Resolved};
-use tollgate_limits::{Catalog, Check, Decision, Limiter, Permit, Rule, Status, calendar};
+use tollgate_limits::{Catalog, Check, Decision, Limiter, Rule, Status, calendar};
 
-use crate::{Flow, Policy, Reply, RequestCtx};
+use crate::{Flow, Policy, RateLimitFields, Reply, RequestCtx};
 
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -178,17 +178,6 @@ struct Applied<'a> {
     rule: Rule,
 }
 
-/// What the response phase adds, kept in the request context.
-#[derive(Clone)]
-struct Fields {
-    policy: HeaderValue,
-    state: HeaderValue,
-}
-
-/// Holds concurrency slots until the request context is dropped.
-#[derive(Clone)]
-struct Held(#[allow(dead_code)] Arc<Permit>);
-
 fn plan_checks(r: &Resolved, checks: &mut Vec<Check<'_>>, applied: &mut Vec<Applied<'_>>) {
     let PlanLimits {
         per_second,
@@ -247,44 +236,72 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Who `by` counts for this request.
-fn subject(by: &LimitBy, ctx: &RequestCtx, req: &request::Parts) -> String {
+/// Who `by` counts for this request, appended to `out`.
+fn push_subject(out: &mut String, by: &LimitBy, ctx: &RequestCtx, req: &request::Parts) {
     let caller = ctx.caller.as_ref();
-    let found = match by {
-        LimitBy::Ip => None,
-        LimitBy::Route => Some("all".to_owned()),
-        LimitBy::Consumer => caller.map(|c| match c {
-            Caller::Key(k) => k.id.to_string(),
-            Caller::Token(t) => format!(
-                "tok:{}:{}",
-                t.issuer,
-                t.subject.as_deref().or(t.app.as_deref()).unwrap_or("")
-            ),
-        }),
-        LimitBy::Key => caller.and_then(|c| match c {
-            Caller::Key(k) => Some(k.id.to_string()),
-            Caller::Token(_) => None,
-        }),
-        LimitBy::App => caller.and_then(|c| c.app().map(str::to_owned)),
-        LimitBy::Org => caller.and_then(|c| c.org().map(str::to_owned)),
-        LimitBy::Header(h) => req.headers.get(h.as_str()).map(|v| {
-            let v = v.as_bytes();
-            if v.len() <= 64 && v.iter().all(|b| b.is_ascii_graphic() && *b != b'}') {
-                format!("h:{h}={}", String::from_utf8_lossy(v))
-            } else {
-                format!("h:{h}#{:016x}", fnv1a(v))
+    let start = out.len();
+    match by {
+        LimitBy::Ip => {}
+        LimitBy::Route => out.push_str("all"),
+        LimitBy::Consumer => match caller {
+            Some(Caller::Key(k)) => out.push_str(k.id.as_str()),
+            Some(Caller::Token(t)) => {
+                let who = t.subject.as_deref().or(t.app.as_deref()).unwrap_or("");
+                let _ = write!(out, "tok:{}:{who}", t.issuer);
             }
-        }),
-        LimitBy::Claim(c) => caller.and_then(|caller| match caller {
-            Caller::Token(t) => t.claims.get(c.as_str()).and_then(|v| match v {
-                serde_json::Value::String(s) => Some(format!("c:{c}#{:016x}", fnv1a(s.as_bytes()))),
-                serde_json::Value::Number(n) => Some(format!("c:{c}={n}")),
-                _ => None,
-            }),
-            Caller::Key(_) => None,
-        }),
-    };
-    found.unwrap_or_else(|| format!("ip:{}", ctx.client_ip))
+            None => {}
+        },
+        LimitBy::Key => {
+            if let Some(Caller::Key(k)) = caller {
+                out.push_str(k.id.as_str());
+            }
+        }
+        LimitBy::App => out.push_str(caller.and_then(|c| c.app()).unwrap_or("")),
+        LimitBy::Org => out.push_str(caller.and_then(|c| c.org()).unwrap_or("")),
+        LimitBy::Header(h) => {
+            if let Some(v) = req.headers.get(h.as_str()) {
+                let v = v.as_bytes();
+                if v.len() <= 64 && v.iter().all(|b| b.is_ascii_graphic() && *b != b'}') {
+                    let _ = write!(out, "h:{h}={}", String::from_utf8_lossy(v));
+                } else {
+                    let _ = write!(out, "h:{h}#{:016x}", fnv1a(v));
+                }
+            }
+        }
+        LimitBy::Claim(c) => {
+            if let Some(Caller::Token(t)) = caller {
+                match t.claims.get(c.as_str()) {
+                    Some(serde_json::Value::String(s)) => {
+                        let _ = write!(out, "c:{c}#{:016x}", fnv1a(s.as_bytes()));
+                    }
+                    Some(serde_json::Value::Number(n)) => {
+                        let _ = write!(out, "c:{c}={n}");
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if out.len() == start {
+        let _ = write!(out, "ip:{}", ctx.client_ip);
+    }
+}
+
+/// The counter key of a route limit: `tg:{<subject>}:<counter>`.
+fn route_key(by: &LimitBy, counter: &str, ctx: &RequestCtx, req: &request::Parts) -> String {
+    let mut key = String::with_capacity(48 + counter.len());
+    key.push_str("tg:{");
+    push_subject(&mut key, by, ctx, req);
+    key.push_str("}:");
+    key.push_str(counter);
+    key
+}
+
+#[cfg(test)]
+fn subject(by: &LimitBy, ctx: &RequestCtx, req: &request::Parts) -> String {
+    let mut s = String::new();
+    push_subject(&mut s, by, ctx, req);
+    s
 }
 
 fn now_us() -> i64 {
@@ -308,9 +325,9 @@ fn fields(
     applied: &[Applied],
     statuses: &[Status],
     policy: Option<&HeaderValue>,
-) -> Option<Fields> {
+) -> Option<RateLimitFields> {
     let mut built = String::new();
-    let mut state = String::new();
+    let mut state = String::with_capacity(32 * applied.len());
     for (a, s) in applied.iter().zip(statuses) {
         if !state.is_empty() {
             built.push_str(", ");
@@ -324,12 +341,12 @@ fn fields(
             let _ = write!(state, ";t={}", secs_up(s.reset_us));
         }
     }
-    Some(Fields {
+    Some(RateLimitFields {
         policy: match policy {
             Some(p) => p.clone(),
-            None => HeaderValue::from_str(&built).ok()?,
+            None => HeaderValue::from_maybe_shared(bytes::Bytes::from(built)).ok()?,
         },
-        state: HeaderValue::from_str(&state).ok()?,
+        state: HeaderValue::from_maybe_shared(bytes::Bytes::from(state)).ok()?,
     })
 }
 
@@ -407,9 +424,8 @@ impl Policy for RateLimit {
             plan_checks(r, &mut checks, &mut applied);
         }
         for l in self.limits.iter().chain(&self.concurrency) {
-            let who = subject(&l.by, ctx, req);
             checks.push(Check {
-                key: Cow::Owned(tollgate_limits::key(&who, &l.counter)),
+                key: Cow::Owned(route_key(&l.by, &l.counter, ctx, req)),
                 rule: l.rule,
             });
             applied.push(Applied {
@@ -451,7 +467,7 @@ impl Policy for RateLimit {
                 self.route_policy.as_ref().filter(|_| resolved.is_none()),
             )
         {
-            ctx.extensions.insert(f);
+            ctx.rate_limit = Some(f);
         }
         if !d.allowed {
             let (code, detail, retry) = refusal(&applied, &d);
@@ -461,14 +477,12 @@ impl Policy for RateLimit {
                 .insert(RETRY_AFTER, HeaderValue::from(retry as u64));
             return Flow::Reply(reply);
         }
-        if let Some(p) = d.permit {
-            ctx.extensions.insert(Held(Arc::new(p)));
-        }
+        ctx.permit = d.permit;
         Flow::Continue
     }
 
     fn response(&self, ctx: &mut RequestCtx, res: &mut response::Parts) {
-        if let Some(f) = ctx.extensions.get::<Fields>() {
+        if let Some(f) = &ctx.rate_limit {
             res.headers.insert(RATELIMIT_POLICY, f.policy.clone());
             res.headers.insert(RATELIMIT, f.state.clone());
         }
