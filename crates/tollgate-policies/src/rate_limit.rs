@@ -283,7 +283,27 @@ fn push_subject(out: &mut String, by: &LimitBy, ctx: &RequestCtx, req: &request:
         }
     }
     if out.len() == start {
-        let _ = write!(out, "ip:{}", ctx.client_ip);
+        out.push_str("ip:");
+        push_ip(out, ctx.client_ip);
+    }
+}
+
+/// Appends an address; IPv4 without the formatting machinery (it is on
+/// every request of a limit by address).
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut buf = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(buf.format(octet));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -336,9 +356,14 @@ fn fields(
         if policy.is_none() {
             built.push_str(&a.policy_item);
         }
-        let _ = write!(state, "\"{}\";r={}", a.name, s.remaining);
+        let mut num = itoa::Buffer::new();
+        state.push('"');
+        state.push_str(&a.name);
+        state.push_str("\";r=");
+        state.push_str(num.format(s.remaining));
         if !matches!(a.rule, Rule::Concurrency { .. }) {
-            let _ = write!(state, ";t={}", secs_up(s.reset_us));
+            state.push_str(";t=");
+            state.push_str(num.format(secs_up(s.reset_us)));
         }
     }
     Some(RateLimitFields {
@@ -439,7 +464,9 @@ impl Policy for RateLimit {
         }
         let d = match self.limiter.decide(&checks, now_us()).await {
             Ok(d) => d,
-            Err(e) => {
+            Err(_) => {
+                // The cause is logged by the limiter, once per incident; the
+                // client learns no more than that limits cannot be checked.
                 let c = self.limiter.counters();
                 return match self.on_error {
                     FailureMode::Open => {
@@ -450,7 +477,7 @@ impl Policy for RateLimit {
                         c.failed_closed.fetch_add(1, Ordering::Relaxed);
                         let mut reply = Reply::problem(&ctx.problem(
                             ErrorCode::LimiterUnavailable,
-                            format!("limits cannot be checked right now: {}", e.0),
+                            "limits cannot be checked right now; retry shortly",
                         ));
                         reply
                             .headers
