@@ -51,6 +51,7 @@ tollgate_scenarios() {
     run_tollgate_scenario "pass-through" "$BENCH_DIR/scenarios/passthrough.yaml"
     run_tollgate_scenario "key auth" "$BENCH_DIR/scenarios/key-auth.yaml"
     run_tollgate_scenario "rate limit" "$BENCH_DIR/scenarios/rate-limit.yaml"
+    run_tollgate_scenario "rate limit without fields" "$BENCH_DIR/scenarios/rate-limit-quiet.yaml"
     run_tollgate_scenario "rate limit on Redis" "$BENCH_DIR/scenarios/rate-limit-redis.yaml"
 }
 
