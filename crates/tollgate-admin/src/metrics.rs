@@ -12,17 +12,7 @@ use axum::routing::get;
 
 use crate::AdminState;
 
-/// A component that reports metrics.
-pub trait MetricsSource: Send + Sync + 'static {
-    /// Appends this component's metrics, with `# HELP` and `# TYPE` lines.
-    fn render(&self, out: &mut String);
-}
-
-impl MetricsSource for tollgate_limits::Limiter {
-    fn render(&self, out: &mut String) {
-        self.render_metrics(out);
-    }
-}
+pub use tollgate_core::metrics::MetricsSource;
 
 pub fn router() -> Router<AdminState> {
     Router::new().route("/metrics", get(metrics))

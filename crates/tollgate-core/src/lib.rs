@@ -9,6 +9,7 @@ pub mod config;
 pub mod duration;
 pub mod identity;
 pub mod ids;
+pub mod metrics;
 pub mod problem;
 
 pub use duration::Duration;

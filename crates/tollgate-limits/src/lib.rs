@@ -135,10 +135,16 @@ pub struct Counters {
 
 /// Metric names (Prometheus text format), in one place.
 pub mod metrics {
-    pub const DECISIONS: &str = "tollgate_ratelimit_decisions_total";
-    pub const BACKEND_ERRORS: &str = "tollgate_ratelimit_backend_errors_total";
-    pub const BACKEND_FAILURES: &str = "tollgate_ratelimit_backend_failures_total";
-    pub const BACKEND_UP: &str = "tollgate_ratelimit_backend_up";
+    pub use tollgate_core::metrics::{
+        RATELIMIT_BACKEND_ERRORS as BACKEND_ERRORS, RATELIMIT_BACKEND_FAILURES as BACKEND_FAILURES,
+        RATELIMIT_BACKEND_UP as BACKEND_UP, RATELIMIT_DECISIONS as DECISIONS,
+    };
+}
+
+impl tollgate_core::metrics::MetricsSource for Limiter {
+    fn render(&self, out: &mut String) {
+        self.render_metrics(out);
+    }
 }
 
 impl Limiter {

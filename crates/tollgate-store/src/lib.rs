@@ -1,7 +1,8 @@
 //! Tollgate's configuration store: services, routes, policies, JWT issuers,
 //! plans, admin tokens, identity (organizations, users, apps, API keys, OAuth
 //! clients, subscriptions; see [`Tenant`] and [`Store::identity_snapshot`])
-//! and persisted usage counters ([`Store::add_usage`]), kept in SQLite (the
+//! persisted usage counters ([`Store::add_usage`]) and analytics roll-ups
+//! ([`Store::upsert_rollups`]), kept in SQLite (the
 //! embedded default, one file in the data directory) or PostgreSQL (for a
 //! cluster). One [`Store`] type serves both
 //! backends with the same portable SQL; see
@@ -20,6 +21,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 use tollgate_core::config::Config;
 
+mod analytics;
 mod apply;
 mod db;
 mod error;
@@ -31,6 +33,7 @@ mod sql;
 pub mod testing;
 mod usage;
 
+pub use analytics::{MAX_ROLLUP_ROWS, RollupFilter, RollupRow};
 pub use error::StoreError;
 pub use identity::{
     ApiKey, App, AppUpdate, ChangeEntity, ClientGrant, IdentityChange, IdentitySnapshot, KeyGrant,
