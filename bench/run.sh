@@ -49,6 +49,7 @@ ADMIN_TOKEN=bench-admin-token-0123456789 # Tollgate requires at least 16 charact
 # It runs once per worker count, with nginx measured in alternation beside it.
 tollgate_scenarios() {
     run_tollgate_scenario "pass-through" "$BENCH_DIR/scenarios/passthrough.yaml"
+    run_tollgate_scenario "pass-through without analytics" "$BENCH_DIR/scenarios/passthrough-no-analytics.yaml"
     run_tollgate_scenario "key auth" "$BENCH_DIR/scenarios/key-auth.yaml"
     run_tollgate_scenario "rate limit" "$BENCH_DIR/scenarios/rate-limit.yaml"
     run_tollgate_scenario "rate limit without fields" "$BENCH_DIR/scenarios/rate-limit-quiet.yaml"

@@ -3,7 +3,7 @@
 //! One file per resource ([`services`], [`routes`], [`policies`], [`config`];
 //! for identity [`orgs`], [`users`], [`members`], [`apps`], [`keys`],
 //! [`oauth_clients`], [`jwt_issuers`] and [`signing_keys`]; for traffic
-//! control [`plans`], [`subscriptions`] and [`usage`]) holds its
+//! control [`plans`], [`subscriptions`] and [`usage`]; [`analytics`]) holds its
 //! `router()`, its handlers and their OpenAPI annotations. Credentials are
 //! issued by [`issue`], which the `tollgate` CLI calls too; [`permissions`]
 //! holds the member roles' rules. Input is
@@ -18,6 +18,7 @@ use std::sync::Arc;
 use axum::Router;
 use tollgate_store::Store;
 
+pub mod analytics;
 pub mod apps;
 pub mod auth;
 pub mod config;
@@ -96,6 +97,7 @@ pub fn router(state: AdminState) -> Router {
         .merge(plans::router())
         .merge(subscriptions::router())
         .merge(usage::router())
+        .merge(analytics::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,

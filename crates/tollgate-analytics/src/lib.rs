@@ -24,6 +24,6 @@ pub mod sketch;
 
 pub use event::{Event, Who, class_label, is_error, parse_class, status_class};
 pub use pipeline::{Batch, EventsFileSettings, PipelineSettings};
-pub use recorder::{BUCKETS_SECONDS, Recorder, RouteStats};
+pub use recorder::{BUCKETS_SECONDS, EventQueue, Recorder, RouteStats};
 pub use rollup::{Aggregator, Rollup, RollupKey};
 pub use sketch::Sketch;

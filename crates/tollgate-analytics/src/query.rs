@@ -48,7 +48,9 @@ impl Bucket {
 pub enum QueryError {
     #[error("`from` must be before `to`")]
     EmptyRange,
-    #[error("the range holds {0} buckets; at most {MAX_BUCKETS} fit in one answer (choose a larger bucket or a shorter range)")]
+    #[error(
+        "the range holds {0} buckets; at most {MAX_BUCKETS} fit in one answer (choose a larger bucket or a shorter range)"
+    )]
     TooManyBuckets(i64),
 }
 
@@ -184,7 +186,10 @@ mod tests {
         assert_eq!(points.len(), 2);
         assert_eq!(points[0].start_ms, hour);
         let r = &points[0].rollup;
-        assert_eq!((r.requests, r.errors, r.bytes_in, r.bytes_out), (100, 10, 1000, 10_000));
+        assert_eq!(
+            (r.requests, r.errors, r.bytes_in, r.bytes_out),
+            (100, 10, 1000, 10_000)
+        );
         let p50 = r.latency.quantile(0.5).unwrap();
         let p99 = r.latency.quantile(0.99).unwrap();
         assert!((p50 - 100.0).abs() <= 1.0, "{p50}");
@@ -199,7 +204,13 @@ mod tests {
             align(0, 365 * 86_400_000, Bucket::Minute),
             Err(QueryError::TooManyBuckets(_))
         ));
-        assert_eq!(align(61_000, 119_000, Bucket::Minute), Ok((60_000, 120_000)));
-        assert_eq!(align(60_000, 120_000, Bucket::Minute), Ok((60_000, 120_000)));
+        assert_eq!(
+            align(61_000, 119_000, Bucket::Minute),
+            Ok((60_000, 120_000))
+        );
+        assert_eq!(
+            align(60_000, 120_000, Bucket::Minute),
+            Ok((60_000, 120_000))
+        );
     }
 }

@@ -91,6 +91,24 @@ pub(crate) enum Msg {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
+/// The receiving end of [`Recorder::channel`].
+#[derive(Debug)]
+pub struct EventQueue(std::sync::mpsc::Receiver<Msg>);
+
+impl EventQueue {
+    /// The next queued event, if any. Flush requests are acknowledged on the way.
+    pub fn try_next(&self) -> Option<Event> {
+        loop {
+            match self.0.try_recv().ok()? {
+                Msg::Event(e) => return Some(e),
+                Msg::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+}
+
 /// Counts requests and hands their events to the roll-up.
 #[derive(Debug)]
 pub struct Recorder {
@@ -105,6 +123,14 @@ impl Recorder {
     /// Metrics only: events go nowhere (analytics off).
     pub fn metrics_only() -> Arc<Recorder> {
         Arc::new(Recorder::with_queue(None))
+    }
+
+    /// A recorder whose events wait in a queue of `capacity` for the
+    /// caller to take them ([`EventQueue::try_next`]); for tests and for
+    /// consumers other than the roll-up thread.
+    pub fn channel(capacity: usize) -> (Arc<Recorder>, EventQueue) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+        (Arc::new(Recorder::with_queue(Some(tx))), EventQueue(rx))
     }
 
     pub(crate) fn with_queue(queue: Option<SyncSender<Msg>>) -> Recorder {

@@ -100,6 +100,8 @@ pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The stable error code, when the reply is a problem.
+    pub code: Option<ErrorCode>,
 }
 
 impl Reply {
@@ -111,6 +113,7 @@ impl Reply {
             status: problem.status_code(),
             headers,
             body: Bytes::from(problem.to_json()),
+            code: Some(problem.code),
         }
     }
 
@@ -120,6 +123,7 @@ impl Reply {
             status,
             headers: HeaderMap::new(),
             body: Bytes::new(),
+            code: None,
         }
     }
 }

@@ -33,15 +33,24 @@ pub enum Tripped {
 /// It also records when the body last moved, so the wait for the upstream's
 /// answer counts from the end of the upload, not from its start.
 #[derive(Debug)]
-pub struct TripWire(AtomicU8, AtomicU64);
+pub struct TripWire(AtomicU8, AtomicU64, AtomicU64);
 
 impl Default for TripWire {
     fn default() -> Self {
-        TripWire(AtomicU8::new(0), AtomicU64::new(now_ms()))
+        TripWire(
+            AtomicU8::new(0),
+            AtomicU64::new(now_ms()),
+            AtomicU64::new(0),
+        )
     }
 }
 
 impl TripWire {
+    /// Request body bytes read from the client so far.
+    pub fn bytes(&self) -> u64 {
+        self.2.load(Ordering::Relaxed)
+    }
+
     /// When the request body last made progress (milliseconds, [`now_ms`]).
     pub fn progress_ms(&self) -> u64 {
         self.1.load(Ordering::Relaxed)
@@ -184,6 +193,7 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
+                    this.wire.2.store(this.seen, Ordering::Relaxed);
                     if let Some(limit) = this.limit.filter(|l| this.seen > *l) {
                         this.wire.set(Tripped::TooLarge);
                         return Poll::Ready(Some(Err(Box::new(BodyError::TooLarge(limit)))));
@@ -240,6 +250,52 @@ pub struct UpstreamResponse {
     pub deadline: Option<Pin<Box<Sleep>>>,
     /// Keeps the target's in-flight count until the body is done.
     pub guard: Option<InFlight>,
+    /// The request's analytics record, finished when the body ends (or is
+    /// dropped unfinished).
+    pub recording: Option<Recording>,
+    /// Body bytes passed to the client so far.
+    pub sent: u64,
+}
+
+impl UpstreamResponse {
+    fn done(&mut self) {
+        self.guard = None;
+        if let Some(r) = self.recording.take() {
+            r.finish(self.sent);
+        }
+    }
+}
+
+impl Drop for UpstreamResponse {
+    fn drop(&mut self) {
+        if let Some(r) = self.recording.take() {
+            r.finish(self.sent);
+        }
+    }
+}
+
+/// A request's analytics event, waiting for the response to end.
+#[derive(Debug)]
+pub struct Recording {
+    pub recorder: Arc<tollgate_analytics::Recorder>,
+    pub stats: Arc<tollgate_analytics::RouteStats>,
+    pub event: tollgate_analytics::Event,
+    pub started: std::time::Instant,
+    /// The request body's last upstream attempt, for the bytes read.
+    pub wire: Option<Arc<TripWire>>,
+}
+
+impl Recording {
+    /// Completes the event with the response's size and the time taken, and
+    /// records it.
+    pub fn finish(mut self, bytes_out: u64) {
+        self.event.bytes_out = bytes_out;
+        self.event.total_us = self.started.elapsed().as_micros() as u64;
+        if let Some(w) = &self.wire {
+            self.event.bytes_in = w.bytes();
+        }
+        self.recorder.record(&self.stats, self.event);
+    }
 }
 
 impl ProxyBody {
@@ -254,6 +310,7 @@ impl ProxyBody {
         idle: Duration,
         deadline: Option<Instant>,
         guard: InFlight,
+        recording: Option<Recording>,
     ) -> Self {
         ProxyBody::Upstream(Box::new(UpstreamResponse {
             inner,
@@ -261,7 +318,17 @@ impl ProxyBody {
             idle_timer: None,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             guard: Some(guard),
+            recording,
+            sent: 0,
         }))
+    }
+
+    /// The body's length when the gateway made it.
+    pub fn full_len(&self) -> Option<u64> {
+        match self {
+            ProxyBody::Full(b) => Some(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Upstream(_) => None,
+        }
     }
 }
 
@@ -283,20 +350,28 @@ impl Body for ProxyBody {
                 if let Some(d) = u.deadline.as_mut()
                     && d.as_mut().poll(cx).is_ready()
                 {
-                    u.guard = None;
+                    u.done();
                     return Poll::Ready(Some(Err(Box::new(BodyError::Deadline))));
                 }
                 match Pin::new(&mut u.inner).poll_frame(cx) {
                     Poll::Ready(Some(Ok(f))) => {
                         u.idle_timer = None;
+                        if let Some(d) = f.data_ref() {
+                            u.sent += d.len() as u64;
+                        }
+                        // A body of known length ends with its last frame;
+                        // record before the client can see that end.
+                        if u.inner.is_end_stream() {
+                            u.done();
+                        }
                         Poll::Ready(Some(Ok(f)))
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        u.guard = None;
+                        u.done();
                         Poll::Ready(Some(Err(Box::new(e))))
                     }
                     Poll::Ready(None) => {
-                        u.guard = None;
+                        u.done();
                         Poll::Ready(None)
                     }
                     Poll::Pending => {
@@ -305,7 +380,7 @@ impl Body for ProxyBody {
                             .idle_timer
                             .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                         ready!(t.as_mut().poll(cx));
-                        u.guard = None;
+                        u.done();
                         Poll::Ready(Some(Err(Box::new(BodyError::UpstreamStalled(idle)))))
                     }
                 }

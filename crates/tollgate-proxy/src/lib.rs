@@ -9,13 +9,17 @@
 //! [`server::serve`] runs a listener (HTTP/1.1, h2c, and HTTP/2 over TLS via
 //! rustls) with a connection cap, header and body deadlines, and graceful
 //! shutdown. [`service`] is the proxy itself: routing, the policy phases,
-//! forwarding-header hygiene, load balancing, retries and health.
+//! forwarding-header hygiene, load balancing, retries and health. Every
+//! request is counted in the gateway's [`tollgate_analytics::Recorder`]
+//! when its response ends; the gateway reports upstream health and its
+//! configuration revision as metrics too.
 
 pub mod body;
 pub mod error;
 mod framing;
 pub mod headers;
 mod health;
+mod metrics;
 pub mod router;
 pub mod server;
 pub mod service;

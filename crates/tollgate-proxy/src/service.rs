@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tollgate_identity::oauth::OAuthServer;
 use tollgate_policies::{LogSummary, Reply, RequestCtx};
 
-use crate::body::{ProxyBody, ReplayableBody, TripWire, Tripped};
+use crate::body::{ProxyBody, Recording, ReplayableBody, TripWire, Tripped};
 use crate::error::ProxyError;
 use crate::framing::{Refusal, Verdicts};
 use crate::headers::{self, X_REQUEST_ID};
@@ -29,24 +29,82 @@ pub struct ConnInfo {
     pub(crate) verdicts: Arc<Verdicts>,
 }
 
+/// When a request arrived: the monotonic instant for its latency, the wall
+/// clock for its analytics event.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    at: std::time::Instant,
+    unix_ms: i64,
+}
+
+impl Arrival {
+    fn now() -> Arrival {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Arrival {
+            at: std::time::Instant::now(),
+            unix_ms,
+        }
+    }
+}
+
 /// Handles one request. Never fails: every error becomes a response here.
+/// Every request is recorded once: routed ones where their response is
+/// made (or, for an upstream's body, where it ends), the rest here.
 pub async fn handle(
     gw: Arc<Gateway>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let arrival = Arrival::now();
     let request_id = headers::request_id(req.headers());
-    let mut res = match proxy(&gw, &conn, req, &request_id).await {
+    let method = req.method().clone();
+    let mut res = match proxy(&gw, &conn, req, &request_id, arrival).await {
         Ok(res) => res,
         Err(e) => {
             if e.origin() != crate::error::Origin::Client {
                 tracing::warn!(request_id = ?request_id, error = %e, "request failed");
             }
-            e.into_response(&request_id)
+            let code = e.code();
+            let res = e.into_response(&request_id);
+            record_unrouted(&gw, &conn, arrival, method, &request_id, &res, Some(code));
+            res
         }
     };
     res.headers_mut().insert(&X_REQUEST_ID, request_id);
     Ok(res)
+}
+
+/// Records a request that matched no route (or went to the OAuth2 server).
+fn record_unrouted(
+    gw: &Gateway,
+    conn: &ConnInfo,
+    arrival: Arrival,
+    method: Method,
+    request_id: &HeaderValue,
+    res: &Response<ProxyBody>,
+    error: Option<tollgate_core::ErrorCode>,
+) {
+    let recorder = gw.recorder();
+    recorder.record(
+        recorder.unrouted(),
+        tollgate_analytics::Event {
+            at_ms: arrival.unix_ms,
+            route: None,
+            service: None,
+            who: tollgate_analytics::Who::Anonymous,
+            method,
+            status: res.status().as_u16(),
+            error,
+            upstream_us: None,
+            total_us: arrival.at.elapsed().as_micros() as u64,
+            bytes_in: 0,
+            bytes_out: res.body().full_len().unwrap_or(0),
+            client_ip: conn.peer.ip(),
+            request_id: request_id.clone(),
+        },
+    );
 }
 
 async fn proxy(
@@ -54,6 +112,7 @@ async fn proxy(
     conn: &ConnInfo,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    arrival: Arrival,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     match conn.verdicts.next_request() {
         None => {}
@@ -72,7 +131,10 @@ async fn proxy(
     if let Some(oauth) = gw.oauth()
         && OAuthServer::owns(path)
     {
-        return oauth_endpoint(oauth, parts, body).await;
+        let method = parts.method.clone();
+        let res = oauth_endpoint(oauth, parts, body).await?;
+        record_unrouted(gw, conn, arrival, method, request_id, &res, None);
+        return Ok(res);
     }
     let snap = gw.snapshot();
     let host = request_host(&parts.uri, &parts.headers);
@@ -107,13 +169,20 @@ async fn proxy(
         m.route.name.clone(),
         svc.name.clone(),
     );
+    ctx.started = arrival.at;
+    let rec = Rec {
+        gw,
+        rt,
+        method: parts.method.clone(),
+        unix_ms: arrival.unix_ms,
+    };
     if let Some(max) = settings.max_body_bytes {
         ctx.limit_body(max);
     }
 
     // Access phase.
     if let Err(reply) = rt.chain.access(&mut ctx, &mut parts).await {
-        return Ok(finish_reply(rt, &mut ctx, reply));
+        return Ok(finish_reply(&rec, &mut ctx, reply));
     }
     let declared = parts
         .headers
@@ -124,7 +193,7 @@ async fn proxy(
         && len > limit
     {
         return Ok(finish_error(
-            rt,
+            &rec,
             &mut ctx,
             ProxyError::PayloadTooLarge { limit },
         ));
@@ -200,9 +269,9 @@ async fn proxy(
         body_idle: settings.body_read_timeout,
     };
     let sent = send(svc, exchange).await;
-    let (mut upstream_res, guard, deadline, upstream_latency) = match sent {
+    let (mut upstream_res, guard, deadline, upstream_latency, wire) = match sent {
         Ok(ok) => ok,
-        Err(e) => return Ok(finish_error(rt, &mut ctx, e)),
+        Err(e) => return Ok(finish_error(&rec, &mut ctx, e)),
     };
 
     let upstream_upgrade = (upstream_res.status() == StatusCode::SWITCHING_PROTOCOLS)
@@ -211,10 +280,11 @@ async fn proxy(
     // The client's connection has its own protocol version; the upstream's is hop-by-hop.
     res_parts.version = client_version;
     let target = guard.0.addr.clone();
+    let upgraded = upstream_upgrade.is_some();
     let body = if let Some(upstream_side) = upstream_upgrade {
         let Some(client_side) = on_client_upgrade else {
             return Ok(finish_error(
-                rt,
+                &rec,
                 &mut ctx,
                 ProxyError::UpstreamProtocol {
                     target: target.to_string(),
@@ -235,7 +305,7 @@ async fn proxy(
         ProxyBody::empty()
     } else {
         headers::strip_hop_by_hop(&mut res_parts.headers);
-        ProxyBody::upstream(res_body, svc.read_timeout, deadline, guard)
+        ProxyBody::upstream(res_body, svc.read_timeout, deadline, guard, None)
     };
     rt.chain.response(&mut ctx, &mut res_parts);
     let summary = LogSummary {
@@ -245,7 +315,63 @@ async fn proxy(
         target: Some(target),
     };
     rt.chain.log(&ctx, &summary);
+    let mut recording = rec.recording(&mut ctx, &summary, Some(wire));
+    let body = match body {
+        ProxyBody::Upstream(mut u) => {
+            u.recording = Some(recording);
+            ProxyBody::Upstream(u)
+        }
+        full => {
+            // A protocol switch: the exchange is over for analytics once
+            // the 101 is sent; the tunnel's bytes are not counted.
+            debug_assert!(upgraded);
+            recording.wire = None;
+            recording.finish(0);
+            full
+        }
+    };
     Ok(Response::from_parts(res_parts, body))
+}
+
+/// What recording a routed request needs besides its context.
+struct Rec<'a> {
+    gw: &'a Gateway,
+    rt: &'a RouteTarget,
+    method: Method,
+    unix_ms: i64,
+}
+
+impl Rec<'_> {
+    /// The request's event, to be finished when its response ends. Takes
+    /// the caller out of the context: the log phase was its last use.
+    fn recording(
+        &self,
+        ctx: &mut RequestCtx,
+        summary: &LogSummary,
+        wire: Option<Arc<TripWire>>,
+    ) -> Recording {
+        Recording {
+            recorder: self.gw.recorder().clone(),
+            stats: self.rt.stats.clone(),
+            event: tollgate_analytics::Event {
+                at_ms: self.unix_ms,
+                route: Some(ctx.route.clone()),
+                service: Some(ctx.service.clone()),
+                who: ctx.caller.take().into(),
+                method: self.method.clone(),
+                status: summary.status.as_u16(),
+                error: summary.error,
+                upstream_us: summary.upstream_latency.map(|d| d.as_micros() as u64),
+                total_us: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                client_ip: ctx.client_ip,
+                request_id: ctx.request_id.clone(),
+            },
+            started: ctx.started,
+            wire,
+        }
+    }
 }
 
 async fn tunnel(
@@ -304,37 +430,40 @@ async fn oauth_endpoint(
     Ok(Response::from_parts(parts, ProxyBody::full(body)))
 }
 
-fn finish_reply(rt: &RouteTarget, ctx: &mut RequestCtx, reply: Reply) -> Response<ProxyBody> {
+fn finish_reply(rec: &Rec<'_>, ctx: &mut RequestCtx, reply: Reply) -> Response<ProxyBody> {
     let mut res = Response::new(ProxyBody::full(reply.body));
     *res.status_mut() = reply.status;
     *res.headers_mut() = reply.headers;
-    finish(rt, ctx, res, None)
+    finish(rec, ctx, res, reply.code)
 }
 
-fn finish_error(rt: &RouteTarget, ctx: &mut RequestCtx, e: ProxyError) -> Response<ProxyBody> {
+fn finish_error(rec: &Rec<'_>, ctx: &mut RequestCtx, e: ProxyError) -> Response<ProxyBody> {
     if e.origin() != crate::error::Origin::Client {
         tracing::warn!(request_id = ?ctx.request_id, route = %ctx.route, error = %e, "upstream request failed");
     }
     let code = e.code();
     let res = e.into_response(&ctx.request_id);
-    finish(rt, ctx, res, Some(code))
+    finish(rec, ctx, res, Some(code))
 }
 
+/// The response phases of an answer the gateway made itself, and its record.
 fn finish(
-    rt: &RouteTarget,
+    rec: &Rec<'_>,
     ctx: &mut RequestCtx,
     res: Response<ProxyBody>,
     code: Option<tollgate_core::ErrorCode>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = res.into_parts();
-    rt.chain.response(ctx, &mut parts);
+    rec.rt.chain.response(ctx, &mut parts);
     let summary = LogSummary {
         status: parts.status,
         error: code,
         upstream_latency: None,
         target: None,
     };
-    rt.chain.log(ctx, &summary);
+    rec.rt.chain.log(ctx, &summary);
+    rec.recording(ctx, &summary, None)
+        .finish(body.full_len().unwrap_or(0));
     Response::from_parts(parts, body)
 }
 
@@ -388,7 +517,13 @@ async fn await_head<F: std::future::Future>(
     }
 }
 
-type Sent = (Response<Incoming>, InFlight, Option<Instant>, Duration);
+type Sent = (
+    Response<Incoming>,
+    InFlight,
+    Option<Instant>,
+    Duration,
+    Arc<TripWire>,
+);
 
 /// Sends the exchange to a target, retrying on another target when that is
 /// safe: the request never reached an upstream (connect failure) or it is
@@ -457,7 +592,7 @@ async fn send(svc: &ServiceRt, mut ex: Exchange) -> Result<Sent, ProxyError> {
                     svc.state.breaker.record(cfg, admit, ok);
                     trial.settle();
                 }
-                return Ok((res, guard, deadline, started.elapsed()));
+                return Ok((res, guard, deadline, started.elapsed(), wire));
             }
             Ok(Err(e)) => match wire.get() {
                 Tripped::TooLarge => {

@@ -10,6 +10,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
+use tollgate_analytics::Recorder;
 use tollgate_core::config::{CircuitBreaker, Config, PassiveHealthCheck, RetryBudget};
 use tollgate_identity::apikey::Pepper;
 use tollgate_identity::authn::Authenticator;
@@ -57,6 +58,8 @@ pub fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
 #[derive(Debug)]
 pub struct RouteTarget {
     pub service: usize,
+    /// The route's request metrics (kept across reloads by name).
+    pub stats: Arc<tollgate_analytics::RouteStats>,
     pub chain: Chain,
     pub strip_path: bool,
     pub preserve_host: bool,
@@ -104,6 +107,7 @@ pub struct Gateway {
     health: Mutex<Option<CancellationToken>>,
     env: PolicyEnv,
     oauth: std::sync::OnceLock<Arc<OAuthServer>>,
+    recorder: Arc<Recorder>,
     pub settings: ProxySettings,
 }
 
@@ -123,6 +127,16 @@ impl Gateway {
     /// A gateway whose policies use `env` (credentials, the rate limiter,
     /// plans and subscriptions).
     pub fn with_env(settings: ProxySettings, env: PolicyEnv) -> Arc<Gateway> {
+        Gateway::with_recorder(settings, env, Recorder::metrics_only())
+    }
+
+    /// A gateway that reports every request to `recorder` (metrics, and the
+    /// analytics queue when the recorder has one).
+    pub fn with_recorder(
+        settings: ProxySettings,
+        env: PolicyEnv,
+        recorder: Arc<Recorder>,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 revision: -1,
@@ -133,8 +147,19 @@ impl Gateway {
             health: Mutex::new(None),
             env,
             oauth: std::sync::OnceLock::new(),
+            recorder,
             settings,
         })
+    }
+
+    /// Upstream targets' shared state.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Where requests are counted.
+    pub fn recorder(&self) -> &Arc<Recorder> {
+        &self.recorder
     }
 
     /// The snapshot new requests use.
@@ -249,6 +274,7 @@ impl Gateway {
                 );
                 let target = RouteTarget {
                     service: idx,
+                    stats: self.recorder.route(&rspec.name),
                     chain,
                     strip_path: rspec.strip_path,
                     preserve_host: rspec.preserve_host,

@@ -130,6 +130,17 @@ impl Registry {
         map.entry(service.to_owned()).or_default().clone()
     }
 
+    /// Every target with its service's name, sorted.
+    pub fn targets(&self) -> Vec<(String, Arc<TargetState>)> {
+        let map = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = map
+            .iter()
+            .map(|((s, _), t)| (s.clone(), t.clone()))
+            .collect();
+        all.sort_by(|a, b| (a.0.as_str(), &*a.1.addr).cmp(&(b.0.as_str(), &*b.1.addr)));
+        all
+    }
+
     /// Forgets services and targets no longer configured.
     pub fn retain(&self, live: &std::collections::HashSet<(String, String)>) {
         let mut map = self.targets.lock().unwrap_or_else(|e| e.into_inner());

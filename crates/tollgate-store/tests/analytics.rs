@@ -9,7 +9,11 @@ fn row(node: &str, minute: i64, org: &str, route: &str, class: i16, requests: i6
         node: node.into(),
         bucket_start: minute * 60_000,
         org_id: org.into(),
-        app_id: if org.is_empty() { String::new() } else { format!("app_of_{org}") },
+        app_id: if org.is_empty() {
+            String::new()
+        } else {
+            format!("app_of_{org}")
+        },
         route: route.into(),
         status_class: class,
         requests,

@@ -18,6 +18,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the platform: proxy, admin API (and later portal and workers).
@@ -78,6 +85,47 @@ pub enum Command {
         #[command(subcommand)]
         command: SigningKeysCommand,
     },
+    /// Requests, errors, bytes and latency percentiles per time bucket,
+    /// from the analytics roll-ups in the store.
+    Analytics(AnalyticsArgs),
+}
+
+/// `tollgate analytics`.
+#[derive(Debug, clap::Args)]
+pub struct AnalyticsArgs {
+    /// Start: RFC 3339 or unix milliseconds (default: a day before `--to`).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End, exclusive (default: now).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// `minute`, `hour` or `day`.
+    #[arg(long, default_value = "hour")]
+    pub bucket: String,
+    /// Only this organization (id).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Only this app (id).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Only this route (name).
+    #[arg(long)]
+    pub route: Option<String>,
+    /// Only this status class (`2xx`, `5xx`...).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// `table` or `json`.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// How a report is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -333,6 +381,28 @@ pub struct ServeArgs {
     /// Milliseconds between batched writes of API keys' last-used times.
     #[arg(long, env = "TOLLGATE_LAST_USED_FLUSH_MS", default_value_t = 10_000)]
     pub last_used_flush_ms: u64,
+    /// Per-request analytics events and roll-ups (`on` or `off`; request
+    /// metrics are kept either way).
+    #[arg(long, env = "TOLLGATE_ANALYTICS", value_enum, default_value_t = Switch::On)]
+    pub analytics: Switch,
+    /// Analytics events the queue holds; more are dropped (and counted).
+    #[arg(long, env = "TOLLGATE_ANALYTICS_QUEUE", default_value_t = 16_384)]
+    pub analytics_queue: usize,
+    /// Milliseconds between writes of analytics roll-ups to the store.
+    #[arg(long, env = "TOLLGATE_ANALYTICS_FLUSH_MS", default_value_t = 5_000)]
+    pub analytics_flush_ms: u64,
+    /// Days of analytics roll-ups kept in the store; 0 keeps them forever.
+    #[arg(long, env = "TOLLGATE_ANALYTICS_RETENTION_DAYS", default_value_t = 30)]
+    pub analytics_retention_days: u32,
+    /// Also write every raw event as a JSON line to this file (rotated by size).
+    #[arg(long, env = "TOLLGATE_ANALYTICS_EVENTS_FILE")]
+    pub analytics_events_file: Option<PathBuf>,
+    /// Size in MiB at which the raw event file is rotated.
+    #[arg(long, env = "TOLLGATE_ANALYTICS_EVENTS_MAX_MB", default_value_t = 100)]
+    pub analytics_events_max_mb: u64,
+    /// Rotated raw event files kept.
+    #[arg(long, env = "TOLLGATE_ANALYTICS_EVENTS_KEEP", default_value_t = 5)]
+    pub analytics_events_keep: u32,
     /// Log format.
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

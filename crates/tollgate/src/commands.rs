@@ -115,6 +115,7 @@ pub async fn run_command(cmd: Command) -> anyhow::Result<i32> {
         Command::Keys { command } => (0, keys(command).await?),
         Command::OauthClients { command } => (0, oauth_clients(command).await?),
         Command::SigningKeys { command } => (0, signing_keys(command).await?),
+        Command::Analytics(args) => (0, crate::analytics::command(args).await.map_err(cli_error)?),
     };
     emit(&out)?;
     Ok(code)

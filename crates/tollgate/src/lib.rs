@@ -3,6 +3,7 @@
 //! gateway's snapshot in step with the store, and shuts down gracefully. The
 //! crates below do the work; this one only connects them.
 
+pub mod analytics;
 pub mod cli;
 mod commands;
 pub mod identity;
@@ -54,6 +55,9 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// How long shutdown waits for the last analytics roll-ups to be written.
+const FINAL_FLUSH: Duration = Duration::from_secs(10);
+
 /// A running node.
 #[derive(Debug)]
 pub struct Running {
@@ -63,18 +67,29 @@ pub struct Running {
     pub status: Arc<NodeStatus>,
     pub store: Store,
     pub shutdown: CancellationToken,
+    /// Request metrics and the analytics pipeline.
+    pub analytics: analytics::Analytics,
     /// A new admin token, when this start created one.
     pub new_admin_token: Option<String>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    /// Waits until every role has stopped (after `shutdown` is cancelled).
+    /// Waits until every role has stopped (after `shutdown` is cancelled),
+    /// then writes the analytics still in memory.
     pub async fn wait(self) {
+        let recorder = self.analytics.recorder.clone();
         for t in self.tasks {
             let _ = t.await;
         }
         self.gateway.stop();
+        // Requests are over: write what the roll-up holds.
+        if tokio::time::timeout(FINAL_FLUSH, recorder.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("analytics roll-ups not written within {FINAL_FLUSH:?} of shutdown");
+        }
     }
 }
 
@@ -213,13 +228,17 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         .await
         .context("cannot load this month's quota counts")?;
     let catalog = tollgate_limits::Catalog::new();
-    let gateway = Gateway::with_env(
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let analytics = analytics::start(&args, &store, &shutdown, &mut tasks)?;
+    let gateway = Gateway::with_recorder(
         proxy_settings(&args),
         tollgate_policies::PolicyEnv {
             authn: authn.clone(),
             limiter: limiter.clone(),
             catalog: catalog.clone(),
         },
+        analytics.recorder.clone(),
     );
     let status = Arc::new(NodeStatus::default());
     let (revision, config) = store
@@ -229,8 +248,6 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     gateway.install(&config, revision);
     status.store_reachable(revision);
 
-    let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
     tasks.push(tokio::spawn(watch::run(
         store.clone(),
         gateway.clone(),
@@ -315,7 +332,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             pepper: pepper.clone(),
             token_ttl,
             usage: Some(Arc::new(traffic::LimiterUsage(limiter.clone()))),
-            metrics: vec![limiter.clone()],
+            metrics: vec![gateway.clone(), limiter.clone(), analytics.writer.clone()],
         });
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
@@ -333,6 +350,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         status,
         store,
         shutdown,
+        analytics,
         new_admin_token,
         tasks,
     })

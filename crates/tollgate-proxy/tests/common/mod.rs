@@ -191,7 +191,11 @@ impl TestGateway {
     }
 
     pub async fn start_with(settings: ProxySettings, cfg: &Value) -> TestGateway {
-        let gw = Gateway::new(settings);
+        TestGateway::start_gateway(Gateway::new(settings), cfg).await
+    }
+
+    /// Serves `gw` (built by the test) with `cfg` installed.
+    pub async fn start_gateway(gw: Arc<Gateway>, cfg: &Value) -> TestGateway {
         gw.install(&config(cfg), 1);
         let listener = Listener::bind(&gw.settings).await.expect("bind gateway");
         let addr = listener.local_addr().expect("gateway addr");
