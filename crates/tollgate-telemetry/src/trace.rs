@@ -249,6 +249,7 @@ impl RequestTrace {
 
     /// Whether this trace records spans (it is sampled). When it does not,
     /// skip building attribute values that cost something.
+    #[inline]
     pub fn is_recording(&self) -> bool {
         matches!(self.state, State::Recording(_))
     }
@@ -291,6 +292,7 @@ impl RequestTrace {
     ///
     /// `None` from a disabled tracer: leave the request's `traceparent` as
     /// the client sent it (after validation).
+    #[inline]
     pub fn traceparent_for_upstream(&self, span: SpanHandle) -> Option<HeaderValue> {
         let ctx = match &self.state {
             State::Recording(r) => {
@@ -359,6 +361,7 @@ impl RequestTrace {
         SpanHandle(u16::try_from(index).unwrap_or(u16::MAX))
     }
 
+    #[inline]
     fn span_mut(&mut self, span: SpanHandle) -> Option<&mut SpanData> {
         match &mut self.state {
             State::Recording(r) => r.spans.get_mut(usize::from(span.0)),
@@ -367,6 +370,7 @@ impl RequestTrace {
     }
 
     /// Ends `span` now. Ending a span twice keeps the first end.
+    #[inline]
     pub fn end_span(&mut self, span: SpanHandle) {
         if let Some(s) = self.span_mut(span)
             && s.end_unix_nano == 0
@@ -446,6 +450,7 @@ impl RequestTrace {
     /// marks the span failed as the HTTP conventions say: a SERVER span on
     /// 5xx, a CLIENT span on 4xx and 5xx (with `error.type` set to the
     /// code).
+    #[inline]
     pub fn set_http_status(&mut self, span: SpanHandle, status: u16) {
         let Some(s) = self.span_mut(span) else {
             return;
@@ -466,6 +471,7 @@ impl RequestTrace {
     /// ends every open span now, and hands the spans to the exporter's
     /// queue. Never blocks: when the queue is full the spans are dropped
     /// and counted.
+    #[inline]
     pub fn finish(mut self, status: u16) {
         self.set_http_status(SpanHandle::ROOT, status);
         self.submit();
@@ -489,6 +495,7 @@ impl RequestTrace {
 }
 
 impl Drop for RequestTrace {
+    #[inline]
     fn drop(&mut self) {
         if self.is_recording() {
             self.set_attribute(SpanHandle::ROOT, attr::TOLLGATE_CANCELLED, true);
