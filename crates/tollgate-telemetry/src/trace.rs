@@ -288,7 +288,8 @@ impl RequestTrace {
     /// inside `span` (the CLIENT span of that attempt): the same trace id,
     /// `span`'s id as the parent, and the sampling decision. For an
     /// unsampled trace it carries the unsampled flag, so a parent-based
-    /// upstream does not sample either.
+    /// upstream does not sample either. An unknown handle (such as
+    /// `SpanHandle::NONE` past the span limit) gives the SERVER span's id.
     ///
     /// `None` from a disabled tracer: leave the request's `traceparent` as
     /// the client sent it (after validation).
