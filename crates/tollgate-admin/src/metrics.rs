@@ -12,6 +12,9 @@ use axum::routing::get;
 
 use crate::AdminState;
 
+/// Writes whose audit entry could not be stored (see [`crate::audit`]).
+pub const AUDIT_WRITE_FAILURES: &str = "tollgate_audit_write_failures_total";
+
 /// A component that reports metrics.
 pub trait MetricsSource: Send + Sync + 'static {
     /// Appends this component's metrics, with `# HELP` and `# TYPE` lines.
