@@ -10,6 +10,8 @@
 //! read by validated extractors ([`extract`]) and every error becomes an RFC
 //! 9457 problem in one place ([`error`]). Requests need `Authorization:
 //! Bearer <admin token>`, except `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
+//! Every write to a protected route is recorded in the audit log
+//! ([`audit`]), which `/audit` reads.
 //! The OpenAPI 3.1 document is generated from this code ([`openapi`]) and
 //! committed as `docs/openapi.json`; a test fails when the copy is stale.
 
@@ -20,6 +22,7 @@ use tollgate_store::Store;
 
 pub mod analytics;
 pub mod apps;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -79,9 +82,13 @@ impl std::fmt::Debug for AdminState {
     }
 }
 
-/// The whole admin API.
-pub fn router(state: AdminState) -> Router {
-    let protected = Router::new()
+/// The whole admin API. Protected routes pass [`auth::require_admin`],
+/// then [`audit::record`], which records their writes; the audit log's
+/// failure counter joins `state.metrics`.
+pub fn router(mut state: AdminState) -> Router {
+    let audit_metrics = Arc::new(audit::AuditMetrics::default());
+    state.metrics.push(audit_metrics.clone());
+    let resources = Router::new()
         .merge(services::router())
         .merge(routes::router())
         .merge(policies::router())
@@ -98,6 +105,17 @@ pub fn router(state: AdminState) -> Router {
         .merge(subscriptions::router())
         .merge(usage::router())
         .merge(analytics::router())
+        .merge(audit::router());
+    // The same routes without authentication or recording, only called in
+    // process to read a resource before it is written.
+    let reader = resources.clone().with_state(state.clone());
+    let recorder = audit::Recorder::new(state.store.clone(), reader, audit_metrics);
+    // The last layer runs first: authentication, then recording.
+    let protected = resources
+        .route_layer(axum::middleware::from_fn_with_state(
+            recorder,
+            audit::record,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,

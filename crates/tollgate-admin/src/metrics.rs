@@ -12,7 +12,7 @@ use axum::routing::get;
 
 use crate::AdminState;
 
-pub use tollgate_core::metrics::MetricsSource;
+pub use tollgate_core::metrics::{AUDIT_WRITE_FAILURES, MetricsSource};
 
 pub fn router() -> Router<AdminState> {
     Router::new().route("/metrics", get(metrics))

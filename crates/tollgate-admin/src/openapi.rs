@@ -9,7 +9,7 @@ use crate::AdminState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Tollgate admin API", description = "Configure Tollgate: services, routes, policies, the declarative configuration, identity (organizations, users, apps and their credentials), and traffic control (plans, subscriptions and quota usage), and analytics. Every error is an RFC 9457 problem with a stable `code`."),
+    info(title = "Tollgate admin API", description = "Configure Tollgate: services, routes, policies, the declarative configuration, identity (organizations, users, apps and their credentials), traffic control (plans, subscriptions and quota usage), analytics, and the audit log of every write. Every error is an RFC 9457 problem with a stable `code`."),
     paths(
         crate::status::healthz, crate::status::readyz, crate::metrics::metrics,
         crate::services::list, crate::services::create, crate::services::read, crate::services::replace, crate::services::patch, crate::services::remove,
@@ -28,6 +28,7 @@ use crate::AdminState;
         crate::subscriptions::list, crate::subscriptions::create, crate::subscriptions::read, crate::subscriptions::patch, crate::subscriptions::remove,
         crate::usage::read,
         crate::analytics::operator, crate::analytics::for_org,
+        crate::audit::list, crate::audit::export,
     ),
     components(schemas(tollgate_core::problem::Problem, tollgate_core::problem::ErrorCode, tollgate_core::problem::FieldError)),
     modifiers(&BearerAuth),
@@ -49,6 +50,7 @@ use crate::AdminState;
         (name = "subscriptions", description = "An organization's, app's or key's plan for an API, and its quota usage"),
         (name = "analytics", description = "Requests, errors, bytes and latency percentiles per time bucket"),
         (name = "status", description = "Liveness, readiness and metrics"),
+        (name = "audit", description = "The append-only record of every write through this API, with secrets redacted"),
     )
 )]
 pub struct AdminApi;

@@ -160,6 +160,11 @@ typed_id!(
     /// Identifies a subscription: an organization, app or key bound to a plan.
     SubscriptionId, "sub_", "subscription"
 );
+typed_id!(
+    /// Identifies an entry of the audit log. Entries sort by id in the order
+    /// they were recorded (to the millisecond across nodes).
+    AuditId, "aud_", "audit entry"
+);
 
 #[cfg(test)]
 mod tests {

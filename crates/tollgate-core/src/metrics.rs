@@ -33,6 +33,8 @@ pub const ANALYTICS_DROPPED: &str = "tollgate_analytics_events_dropped_total";
 pub const ANALYTICS_ROWS_WRITTEN: &str = "tollgate_analytics_rollup_rows_written_total";
 /// Roll-up writes the store refused or could not take (counter).
 pub const ANALYTICS_WRITE_FAILURES: &str = "tollgate_analytics_rollup_write_failures_total";
+/// Admin writes whose audit entry could not be stored (counter).
+pub const AUDIT_WRITE_FAILURES: &str = "tollgate_audit_write_failures_total";
 /// Rate-limit decisions by outcome (counter).
 pub const RATELIMIT_DECISIONS: &str = "tollgate_ratelimit_decisions_total";
 /// Decisions the rate-limit backend could not make (counter).

@@ -1,13 +1,14 @@
 //! Tollgate's configuration store: services, routes, policies, JWT issuers,
 //! plans, admin tokens, identity (organizations, users, apps, API keys, OAuth
-//! clients, subscriptions; see [`Tenant`] and [`Store::identity_snapshot`])
-//! persisted usage counters ([`Store::add_usage`]) and analytics roll-ups
-//! ([`Store::upsert_rollups`]), kept in SQLite (the
+//! clients, subscriptions; see [`Tenant`] and [`Store::identity_snapshot`]),
+//! persisted usage counters ([`Store::add_usage`]), analytics roll-ups
+//! ([`Store::upsert_rollups`]) and the append-only audit log
+//! ([`Store::append_audit`], [`Store::list_audit`]), kept in SQLite (the
 //! embedded default, one file in the data directory) or PostgreSQL (for a
 //! cluster). One [`Store`] type serves both
 //! backends with the same portable SQL; see
-//! `docs/decisions/0002-one-sql-store-over-two-backends.md`. Every write runs
-//! in a transaction that also bumps a single configuration revision, so nodes
+//! `docs/decisions/0002-one-sql-store-over-two-backends.md`. Every
+//! configuration write runs in a transaction that also bumps a single configuration revision, so nodes
 //! learn of a change by polling [`Store::revision`] and then read everything in
 //! one consistent [`Store::export`]. [`Store::apply`] replaces the whole
 //! configuration atomically from a declarative [`Config`], keeping the ids of
@@ -23,6 +24,7 @@ use tollgate_core::config::Config;
 
 mod analytics;
 mod apply;
+mod audit;
 mod db;
 mod error;
 mod identity;
@@ -34,6 +36,7 @@ pub mod testing;
 mod usage;
 
 pub use analytics::{MAX_ROLLUP_ROWS, RollupFilter, RollupRow};
+pub use audit::{AuditEntry, AuditFilter, REDACTED, redact};
 pub use error::StoreError;
 pub use identity::{
     ApiKey, App, AppUpdate, ChangeEntity, ClientGrant, IdentityChange, IdentitySnapshot, KeyGrant,

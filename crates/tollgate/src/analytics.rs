@@ -223,7 +223,7 @@ pub async fn command(args: crate::cli::AnalyticsArgs) -> Result<String, tollgate
         status: args.status,
     };
     let series = query(&store, &q, org.as_ref()).await?;
-    Ok(match args.output {
+    Ok(match args.format {
         crate::cli::Output::Json => {
             let mut s = serde_json::to_string_pretty(&series)
                 .map_err(|e| tollgate_admin::ApiError::Internal(e.to_string()))?;

@@ -88,6 +88,71 @@ pub enum Command {
     /// Requests, errors, bytes and latency percentiles per time bucket,
     /// from the analytics roll-ups in the store.
     Analytics(AnalyticsArgs),
+    /// The audit log of writes through the admin API, read from the store.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List recorded writes that match the filters, oldest first.
+    List {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// The most entries to show (1 to 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Start after this entry id (the `next` a previous list printed).
+        #[arg(long)]
+        after: Option<String>,
+        /// `table` (for people) or `json` (the page, with `next`).
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        format: Output,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Print recorded writes that match the filters as JSON lines (one
+    /// entry per line, oldest first), for a SIEM.
+    Export {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// Start after this entry id (the last one a previous export printed).
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// The filters of `tollgate audit list` and `export`; every one given must match.
+#[derive(Debug, Clone, Args)]
+pub struct AuditFilterArgs {
+    /// Who wrote, such as `admin_token:0123456789ab`.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Such as `service.create` or `key.revoke`.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Such as `service`, `key` or `config`.
+    #[arg(long)]
+    pub resource_type: Option<String>,
+    /// The resource's id (or name, for JWT issuers and plans).
+    #[arg(long)]
+    pub resource_id: Option<String>,
+    /// The organization: its id (`org_…`, also of a deleted one) or name.
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Entries recorded at or after this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Entries recorded before this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// The HTTP status of the write's answer.
+    #[arg(long)]
+    pub status: Option<u16>,
 }
 
 /// `tollgate analytics`.
@@ -116,7 +181,7 @@ pub struct AnalyticsArgs {
     pub status: Option<String>,
     /// `table` or `json`.
     #[arg(long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
+    pub format: Output,
     #[command(flatten)]
     pub store: StoreArgs,
 }

@@ -1,7 +1,8 @@
 //! The one-shot commands: apply, diff, export, migrate, config validate/schema,
-//! and the identity commands (orgs, apps, keys, oauth-clients, signing-keys),
+//! the identity commands (orgs, apps, keys, oauth-clients, signing-keys),
 //! which write straight to the store through the same functions the admin
-//! API uses ([`tollgate_admin::issue`]).
+//! API uses ([`tollgate_admin::issue`]), and `audit list`/`export`, which
+//! read the audit log from the store.
 
 use std::io::Write;
 
@@ -11,11 +12,11 @@ use tollgate_admin::ApiError;
 use tollgate_admin::issue::{self, KeySpec, RotateSpec};
 use tollgate_core::config::Config;
 use tollgate_core::ids::{AppId, OrgId};
-use tollgate_store::{ChangeSet, Listed, Op, Page, Store, StoreError};
+use tollgate_store::{AuditEntry, AuditFilter, ChangeSet, Listed, Op, Page, Store, StoreError};
 
 use crate::cli::{
-    AppsCommand, Command, ConfigCommand, Format, KeysCommand, OauthClientsCommand, OrgsCommand,
-    SigningKeysCommand, StoreArgs,
+    AppsCommand, AuditCommand, AuditFilterArgs, Command, ConfigCommand, Format, KeysCommand,
+    OauthClientsCommand, OrgsCommand, Output, SigningKeysCommand, StoreArgs,
 };
 use crate::open_store;
 
@@ -45,15 +46,19 @@ fn changes_text(changes: &ChangeSet, applied: bool) -> String {
 /// Writes a command's output to stdout. A reader that went away (`tollgate
 /// export | head`) is not an error: `println!` would panic there.
 fn emit(text: &str) -> anyhow::Result<()> {
+    write_out(text).map(drop)
+}
+
+/// Like [`emit`]; false when the reader went away.
+fn write_out(text: &str) -> anyhow::Result<bool> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
     {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(e).context("cannot write to stdout")
-        }
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("cannot write to stdout"),
     }
 }
 
@@ -116,6 +121,7 @@ pub async fn run_command(cmd: Command) -> anyhow::Result<i32> {
         Command::OauthClients { command } => (0, oauth_clients(command).await?),
         Command::SigningKeys { command } => (0, signing_keys(command).await?),
         Command::Analytics(args) => (0, crate::analytics::command(args).await.map_err(cli_error)?),
+        Command::Audit { command } => (0, audit(command).await?),
     };
     emit(&out)?;
     Ok(code)
@@ -396,4 +402,135 @@ async fn signing_keys(cmd: SigningKeysCommand) -> anyhow::Result<String> {
             to_json(serde_json::to_value(&rotation)?)
         }
     }
+}
+
+// ------------------------------------------------------------- audit
+
+async fn audit_filter(store: &Store, args: AuditFilterArgs) -> anyhow::Result<AuditFilter> {
+    let org = match args.org {
+        // An id is taken as is: the log outlives the organizations it names.
+        Some(org) => Some(match org.parse::<OrgId>() {
+            Ok(id) => id,
+            Err(_) => resolve_org(store, &org).await?,
+        }),
+        None => None,
+    };
+    Ok(AuditFilter {
+        actor: args.actor,
+        action: args.action,
+        resource_type: args.resource_type,
+        resource_id: args.resource_id,
+        org,
+        from: args.since,
+        to: args.until,
+        status: args.status,
+    })
+}
+
+async fn audit(cmd: AuditCommand) -> anyhow::Result<String> {
+    match cmd {
+        AuditCommand::List {
+            filter,
+            limit,
+            after,
+            format,
+            store,
+        } => {
+            let store = open_store(&store).await?;
+            let filter = audit_filter(&store, filter).await?;
+            let page = store
+                .list_audit(&filter, Page { limit, after })
+                .await
+                .map_err(store_error)?;
+            if let Some(next) = &page.next {
+                eprintln!("tollgate: more entries follow; continue with --after {next}");
+            }
+            match format {
+                Output::Json => to_json(serde_json::to_value(&page)?),
+                Output::Table => Ok(audit_table(&page.items)),
+            }
+        }
+        AuditCommand::Export {
+            filter,
+            after,
+            store,
+        } => {
+            let store = open_store(&store).await?;
+            let filter = audit_filter(&store, filter).await?;
+            let mut after = after;
+            loop {
+                let page = store
+                    .list_audit(
+                        &filter,
+                        Page {
+                            limit: tollgate_admin::audit::EXPORT_PAGE,
+                            after: after.take(),
+                        },
+                    )
+                    .await
+                    .map_err(store_error)?;
+                let mut lines = String::new();
+                for entry in &page.items {
+                    lines.push_str(&serde_json::to_string(entry)?);
+                    lines.push('\n');
+                }
+                // Each page is written as it is read, so an export of any
+                // size runs in the memory of one page.
+                if !write_out(&lines)? {
+                    return Ok(String::new());
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => return Ok(String::new()),
+                }
+            }
+        }
+    }
+}
+
+/// Entries as a table, one line each.
+fn audit_table(entries: &[AuditEntry]) -> String {
+    if entries.is_empty() {
+        return "no matching audit entries\n".to_owned();
+    }
+    let dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
+    let mut rows = vec![[
+        "TIME".to_owned(),
+        "STATUS".to_owned(),
+        "ACTOR".to_owned(),
+        "ACTION".to_owned(),
+        "RESOURCE".to_owned(),
+        "ORG".to_owned(),
+        "IP".to_owned(),
+        "REQUEST ID".to_owned(),
+    ]];
+    for e in entries {
+        rows.push([
+            e.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            e.status.to_string(),
+            e.actor.clone(),
+            e.action.clone(),
+            dash(e.resource_id.as_deref()),
+            dash(e.org_id.as_ref().map(OrgId::as_str)),
+            dash(e.ip.as_deref()),
+            e.request_id.clone(),
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }

@@ -336,8 +336,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         });
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
+            // The peer address is the client IP of the audit log.
+            let serve = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "admin listener failed");
             }
