@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tollgate_identity::oauth::OAuthServer;
 use tollgate_policies::{LogSummary, Reply, RequestCtx};
+use tollgate_telemetry::{RequestTrace, SpanHandle, SpanKind, attr, span_name};
 
 use crate::body::{ProxyBody, Recording, ReplayableBody, TripWire, Tripped};
 use crate::error::ProxyError;
@@ -170,6 +171,26 @@ async fn proxy(
         svc.name.clone(),
     );
     ctx.started = arrival.at;
+    let mut trace = gw
+        .tracer()
+        .start_request(parts.headers.get(&headers::TRACEPARENT), "");
+    if trace.is_recording() {
+        let root = SpanHandle::ROOT;
+        trace.set_name(root, format!("{} {}", parts.method, m.route.name));
+        trace.set_attribute(root, attr::HTTP_REQUEST_METHOD, parts.method.to_string());
+        trace.set_attribute(root, attr::URL_PATH, short(path).to_owned());
+        trace.set_attribute(
+            root,
+            attr::URL_SCHEME,
+            if conn.tls { "https" } else { "http" },
+        );
+        trace.set_attribute(root, attr::TOLLGATE_ROUTE, m.route.name.to_string());
+        trace.set_attribute(root, attr::TOLLGATE_SERVICE, svc.name.to_string());
+        trace.set_attribute(root, attr::CLIENT_ADDRESS, client_ip.to_string());
+        if let Ok(id) = request_id.to_str() {
+            trace.set_attribute(root, attr::TOLLGATE_REQUEST_ID, id.to_owned());
+        }
+    }
     let rec = Rec {
         gw,
         rt,
@@ -181,8 +202,11 @@ async fn proxy(
     }
 
     // Access phase.
-    if let Err(reply) = rt.chain.access(&mut ctx, &mut parts).await {
-        return Ok(finish_reply(&rec, &mut ctx, reply));
+    let access = trace.start_span(span_name::ACCESS, SpanKind::Internal);
+    let flow = rt.chain.access(&mut ctx, &mut parts).await;
+    trace.end_span(access);
+    if let Err(reply) = flow {
+        return Ok(finish_reply(&rec, &mut ctx, reply, trace));
     }
     let declared = parts
         .headers
@@ -196,6 +220,7 @@ async fn proxy(
             &rec,
             &mut ctx,
             ProxyError::PayloadTooLarge { limit },
+            trace,
         ));
     }
 
@@ -253,7 +278,18 @@ async fn proxy(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, up.clone());
     }
+    let phase = trace.start_span(span_name::UPSTREAM_REQUEST, SpanKind::Internal);
     rt.chain.upstream_request(&mut ctx, &mut parts);
+    trace.end_span(phase);
+    // One CLIENT span covers the upstream exchange (every attempt); the
+    // upstream continues the trace under it.
+    let upstream_span = trace.start_span(span_name::UPSTREAM, SpanKind::Client);
+    if let Some(tp) = trace.traceparent_for_upstream(upstream_span) {
+        parts.headers.insert(&headers::TRACEPARENT, tp);
+        if !trace.is_continued() {
+            parts.headers.remove(&headers::TRACESTATE);
+        }
+    }
 
     let exchange = Exchange {
         method: parts.method,
@@ -271,8 +307,21 @@ async fn proxy(
     let sent = send(svc, exchange).await;
     let (mut upstream_res, guard, deadline, upstream_latency, wire) = match sent {
         Ok(ok) => ok,
-        Err(e) => return Ok(finish_error(&rec, &mut ctx, e)),
+        Err(e) => {
+            trace.set_error(upstream_span, e.code().as_str());
+            trace.end_span(upstream_span);
+            return Ok(finish_error(&rec, &mut ctx, e, trace));
+        }
     };
+    if trace.is_recording() {
+        trace.set_http_status(upstream_span, upstream_res.status().as_u16());
+        trace.set_attribute(
+            upstream_span,
+            attr::SERVER_ADDRESS,
+            guard.0.addr.to_string(),
+        );
+    }
+    trace.end_span(upstream_span);
 
     let upstream_upgrade = (upstream_res.status() == StatusCode::SWITCHING_PROTOCOLS)
         .then(|| hyper::upgrade::on(&mut upstream_res));
@@ -290,6 +339,7 @@ async fn proxy(
                     target: target.to_string(),
                     source: "unrequested protocol switch".into(),
                 },
+                trace,
             ));
         };
         drop(res_body);
@@ -307,7 +357,9 @@ async fn proxy(
         headers::strip_hop_by_hop(&mut res_parts.headers);
         ProxyBody::upstream(res_body, svc.read_timeout, deadline, guard, None)
     };
+    let phase = trace.start_span(span_name::RESPONSE, SpanKind::Internal);
     rt.chain.response(&mut ctx, &mut res_parts);
+    trace.end_span(phase);
     let summary = LogSummary {
         status: res_parts.status,
         error: None,
@@ -315,6 +367,7 @@ async fn proxy(
         target: Some(target),
     };
     rt.chain.log(&ctx, &summary);
+    finish_trace(trace, summary.status.as_u16());
     let mut recording = rec.recording(&mut ctx, &summary, Some(wire));
     let body = match body {
         ProxyBody::Upstream(mut u) => {
@@ -430,20 +483,38 @@ async fn oauth_endpoint(
     Ok(Response::from_parts(parts, ProxyBody::full(body)))
 }
 
-fn finish_reply(rec: &Rec<'_>, ctx: &mut RequestCtx, reply: Reply) -> Response<ProxyBody> {
+fn finish_reply(
+    rec: &Rec<'_>,
+    ctx: &mut RequestCtx,
+    reply: Reply,
+    trace: RequestTrace,
+) -> Response<ProxyBody> {
     let mut res = Response::new(ProxyBody::full(reply.body));
     *res.status_mut() = reply.status;
     *res.headers_mut() = reply.headers;
-    finish(rec, ctx, res, reply.code)
+    finish(rec, ctx, res, reply.code, trace)
 }
 
-fn finish_error(rec: &Rec<'_>, ctx: &mut RequestCtx, e: ProxyError) -> Response<ProxyBody> {
+fn finish_error(
+    rec: &Rec<'_>,
+    ctx: &mut RequestCtx,
+    e: ProxyError,
+    trace: RequestTrace,
+) -> Response<ProxyBody> {
     if e.origin() != crate::error::Origin::Client {
         tracing::warn!(request_id = ?ctx.request_id, route = %ctx.route, error = %e, "upstream request failed");
     }
     let code = e.code();
     let res = e.into_response(&ctx.request_id);
-    finish(rec, ctx, res, Some(code))
+    finish(rec, ctx, res, Some(code), trace)
+}
+
+/// Ends the SERVER span with the status sent to the client.
+fn finish_trace(mut trace: RequestTrace, status: u16) {
+    if trace.is_recording() {
+        trace.set_http_status(SpanHandle::ROOT, status);
+    }
+    trace.finish(status);
 }
 
 /// The response phases of an answer the gateway made itself, and its record.
@@ -452,9 +523,15 @@ fn finish(
     ctx: &mut RequestCtx,
     res: Response<ProxyBody>,
     code: Option<tollgate_core::ErrorCode>,
+    mut trace: RequestTrace,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = res.into_parts();
+    let phase = trace.start_span(span_name::RESPONSE, SpanKind::Internal);
     rec.rt.chain.response(ctx, &mut parts);
+    trace.end_span(phase);
+    if let Some(code) = code {
+        trace.set_attribute(SpanHandle::ROOT, attr::ERROR_TYPE, code.as_str());
+    }
     let summary = LogSummary {
         status: parts.status,
         error: code,
@@ -462,6 +539,7 @@ fn finish(
         target: None,
     };
     rec.rt.chain.log(ctx, &summary);
+    finish_trace(trace, summary.status.as_u16());
     rec.recording(ctx, &summary, None)
         .finish(body.full_len().unwrap_or(0));
     Response::from_parts(parts, body)

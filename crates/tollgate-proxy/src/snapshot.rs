@@ -108,6 +108,7 @@ pub struct Gateway {
     env: PolicyEnv,
     oauth: std::sync::OnceLock<Arc<OAuthServer>>,
     recorder: Arc<Recorder>,
+    tracer: tollgate_telemetry::Tracer,
     pub settings: ProxySettings,
 }
 
@@ -137,6 +138,22 @@ impl Gateway {
         env: PolicyEnv,
         recorder: Arc<Recorder>,
     ) -> Arc<Gateway> {
+        Gateway::with_observers(
+            settings,
+            env,
+            recorder,
+            tollgate_telemetry::Tracer::disabled(),
+        )
+    }
+
+    /// A gateway that counts requests in `recorder` and traces them with
+    /// `tracer` (OTLP; [`tollgate_telemetry::Tracer::disabled`] for none).
+    pub fn with_observers(
+        settings: ProxySettings,
+        env: PolicyEnv,
+        recorder: Arc<Recorder>,
+        tracer: tollgate_telemetry::Tracer,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 revision: -1,
@@ -148,8 +165,14 @@ impl Gateway {
             env,
             oauth: std::sync::OnceLock::new(),
             recorder,
+            tracer,
             settings,
         })
+    }
+
+    /// Where request traces go.
+    pub fn tracer(&self) -> &tollgate_telemetry::Tracer {
+        &self.tracer
     }
 
     /// Upstream targets' shared state.

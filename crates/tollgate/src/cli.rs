@@ -446,6 +446,14 @@ pub struct ServeArgs {
     /// Milliseconds between batched writes of API keys' last-used times.
     #[arg(long, env = "TOLLGATE_LAST_USED_FLUSH_MS", default_value_t = 10_000)]
     pub last_used_flush_ms: u64,
+    /// Send request traces to this OTLP/HTTP endpoint (for example
+    /// `http://127.0.0.1:4318/v1/traces`); unset: no tracing.
+    #[arg(long, env = "TOLLGATE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces recorded, 0.0 to 1.0 (an incoming sampled
+    /// `traceparent` is always followed).
+    #[arg(long, env = "TOLLGATE_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
     /// Per-request analytics events and roll-ups (`on` or `off`; request
     /// metrics are kept either way).
     #[arg(long, env = "TOLLGATE_ANALYTICS", value_enum, default_value_t = Switch::On)]

@@ -7,6 +7,7 @@ pub mod analytics;
 pub mod cli;
 mod commands;
 pub mod identity;
+pub mod telemetry;
 pub mod traffic;
 mod watch;
 
@@ -90,6 +91,8 @@ impl Running {
         {
             tracing::warn!("analytics roll-ups not written within {FINAL_FLUSH:?} of shutdown");
         }
+        // Bounded by the tracer's own shutdown timeout.
+        self.gateway.tracer().shutdown().await;
     }
 }
 
@@ -231,7 +234,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     let analytics = analytics::start(&args, &store, &shutdown, &mut tasks)?;
-    let gateway = Gateway::with_recorder(
+    let tracer = telemetry::tracer(&args)?;
+    let gateway = Gateway::with_observers(
         proxy_settings(&args),
         tollgate_policies::PolicyEnv {
             authn: authn.clone(),
@@ -239,6 +243,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             catalog: catalog.clone(),
         },
         analytics.recorder.clone(),
+        tracer.clone(),
     );
     let status = Arc::new(NodeStatus::default());
     let (revision, config) = store
@@ -332,7 +337,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             pepper: pepper.clone(),
             token_ttl,
             usage: Some(Arc::new(traffic::LimiterUsage(limiter.clone()))),
-            metrics: vec![gateway.clone(), limiter.clone(), analytics.writer.clone()],
+            metrics: vec![
+                gateway.clone(),
+                limiter.clone(),
+                analytics.writer.clone(),
+                Arc::new(telemetry::TracerMetrics(tracer)),
+            ],
         });
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
