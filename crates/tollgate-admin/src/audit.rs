@@ -23,9 +23,7 @@ use crate::extract::Query;
 
 mod record;
 
-pub use record::{
-    AuditMetrics, MAX_RECORDED_BODY, Recorder, Target, X_REQUEST_ID, classify, record,
-};
+pub use record::{AuditMetrics, MAX_RECORDED_BODY, Recorder, Target, classify, record};
 
 /// The content type of `GET /audit/export`: one JSON object per line.
 pub const NDJSON: &str = "application/x-ndjson";

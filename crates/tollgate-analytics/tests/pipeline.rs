@@ -154,7 +154,7 @@ async fn the_raw_event_file_rotates_by_size_and_keeps_the_newest() {
     assert_eq!(last["status"], 200);
     let oldest_kept = two.first().unwrap()["time"].as_str().unwrap().to_owned();
     assert!(
-        oldest_kept > "2023-11-14T22:13:20.000Z".to_owned(),
+        oldest_kept.as_str() > "2023-11-14T22:13:20.000Z",
         "the oldest files were removed"
     );
     let _ = std::fs::remove_dir_all(&dir);

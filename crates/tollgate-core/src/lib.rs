@@ -11,6 +11,7 @@ pub mod identity;
 pub mod ids;
 pub mod metrics;
 pub mod problem;
+pub mod request_id;
 
 pub use duration::Duration;
 pub use problem::{ErrorCode, Problem};

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use tollgate_core::request_id::X_REQUEST_ID;
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -80,21 +80,7 @@ pub fn strip_reserved(headers: &mut HeaderMap) {
     }
 }
 
-/// A request id as received is kept when it is short and plain; otherwise a new one is made.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
-        let b = v.as_bytes();
-        if !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
-        {
-            return v.clone();
-        }
-    }
-    let id = ulid::Ulid::new().to_string();
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("invalid"))
-}
+pub use tollgate_core::request_id::request_id;
 
 /// Whether a `traceparent` value is a well-formed W3C Trace Context header.
 pub fn valid_traceparent(v: &HeaderValue) -> bool {

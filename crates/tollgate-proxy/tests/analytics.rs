@@ -11,12 +11,9 @@ use std::sync::Arc;
 use common::*;
 use serde_json::json;
 use tollgate_analytics::{Event, EventQueue, Recorder};
-use tollgate_core::identity::KeyEnvironment;
-use tollgate_core::ids::{AppId, KeyId, OrgId};
 use tollgate_core::metrics::MetricsSource;
-use tollgate_identity::apikey::{Pepper, generate};
+use tollgate_identity::apikey::Pepper;
 use tollgate_identity::authn::Authenticator;
-use tollgate_identity::keyring::KeyEntry;
 use tollgate_policies::PolicyEnv;
 use tollgate_proxy::Gateway;
 
@@ -43,20 +40,12 @@ fn drain(q: &EventQueue) -> Vec<Event> {
 #[tokio::test]
 async fn each_request_is_one_event_with_route_caller_status_latency_and_bytes() {
     let (gw, _up, queue) = recorded_gateway(64).await;
-    let secret = generate(KeyEnvironment::Live).expect("rng").secret;
-    let (org, app, key) = (OrgId::new(), AppId::new(), KeyId::new());
-    let ring = gw.gw.authenticator().keys();
-    ring.upsert(
-        ring.pepper().hash(&secret),
-        KeyEntry::new(
-            key.clone(),
-            org.clone(),
-            app.clone(),
-            KeyEnvironment::Live,
-            vec![],
-            None,
-        ),
-    );
+    let Caller {
+        secret,
+        org,
+        app,
+        key,
+    } = add_key(&gw, &[]);
 
     let before = chrono::Utc::now().timestamp_millis();
     let r = client()

@@ -11,10 +11,7 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 use tollgate_core::config::PlanLimits;
-use tollgate_core::identity::KeyEnvironment;
-use tollgate_core::ids::{AppId, KeyId, OrgId, SubscriptionId};
-use tollgate_identity::apikey::generate;
-use tollgate_identity::keyring::KeyEntry;
+use tollgate_core::ids::SubscriptionId;
 use tollgate_limits::SubscriptionEntry;
 use tollgate_limits::calendar;
 
@@ -24,36 +21,6 @@ fn rate_limit(config: Value) -> Value {
 
 fn auth(scopes: &[&str]) -> Value {
     json!({"name": "auth", "config": {"scopes": scopes}})
-}
-
-struct Caller {
-    secret: String,
-    org: OrgId,
-    app: AppId,
-    key: KeyId,
-}
-
-fn add_key(gw: &TestGateway, scopes: &[&str]) -> Caller {
-    let secret = generate(KeyEnvironment::Live).expect("rng").secret;
-    let (org, app, key) = (OrgId::new(), AppId::new(), KeyId::new());
-    let ring = gw.gw.authenticator().keys();
-    ring.upsert(
-        ring.pepper().hash(&secret),
-        KeyEntry::new(
-            key.clone(),
-            org.clone(),
-            app.clone(),
-            KeyEnvironment::Live,
-            scopes.iter().map(|s| s.to_string()).collect(),
-            None,
-        ),
-    );
-    Caller {
-        secret,
-        org,
-        app,
-        key,
-    }
 }
 
 fn subscribe(gw: &TestGateway, c: &Caller, plan: &str, overrides: PlanLimits) -> SubscriptionId {

@@ -45,7 +45,7 @@ backend_tests! {
         let mut counts: Vec<(String, i64)> = rows.iter().map(|r| (r.node.clone(), r.requests)).collect();
         counts.sort();
         assert_eq!(counts, [("n1".to_string(), 8), ("n2".to_string(), 3)]);
-        assert_eq!(rows[0].latency.starts_with("sketch-"), true);
+        assert!(rows[0].latency.starts_with("sketch-"));
         assert_eq!(store.revision().await.unwrap(), before, "roll-ups are not configuration");
         // An empty batch is a no-op.
         store.upsert_rollups(&[]).await.unwrap();

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -20,15 +20,13 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tollgate_core::ids::{AuditId, OrgId};
+use tollgate_core::request_id::{X_REQUEST_ID, request_id};
 use tollgate_store::{AuditEntry, Store};
 use tower::ServiceExt;
 
 use crate::auth::Actor;
 use crate::error::ApiError;
 use crate::metrics::{AUDIT_WRITE_FAILURES, MetricsSource};
-
-/// The request id header, read from the request and set on every answer.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The largest body kept as `before` or `after`: larger ones are recorded
 /// as `{"truncated": true}` (and still answered whole).
@@ -199,23 +197,6 @@ impl Recorder {
         }
         res
     }
-}
-
-/// The request's `X-Request-Id` when it is plain (1 to 128 of `A-Z a-z 0-9
-/// - _ . :`), else a new ULID.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
-        let b = v.as_bytes();
-        if !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
-        {
-            return v.clone();
-        }
-    }
-    HeaderValue::from_str(&ulid::Ulid::new().to_string())
-        .unwrap_or(HeaderValue::from_static("invalid"))
 }
 
 /// The id of what a create made: the last segment of its `Location`, else
@@ -625,16 +606,6 @@ mod tests {
             }
         }
         assert!(writes >= 38, "only {writes} writes found");
-    }
-
-    #[test]
-    fn request_ids_are_kept_when_plain_and_made_otherwise() {
-        let mut h = HeaderMap::new();
-        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123:4"));
-        assert_eq!(request_id(&h), "abc-123:4");
-        h.insert(&X_REQUEST_ID, HeaderValue::from_static("has spaces"));
-        assert_eq!(request_id(&h).len(), 26);
-        assert_eq!(request_id(&HeaderMap::new()).len(), 26);
     }
 
     #[tokio::test]

@@ -231,6 +231,46 @@ impl TestGateway {
     }
 }
 
+// ---------------------------------------------------------------- keys
+
+/// An API key in a test gateway's ring, with its ids.
+pub struct Caller {
+    pub secret: String,
+    pub org: tollgate_core::ids::OrgId,
+    pub app: tollgate_core::ids::AppId,
+    pub key: tollgate_core::ids::KeyId,
+}
+
+/// Adds a live key with `scopes` to the gateway's ring.
+pub fn add_key(gw: &TestGateway, scopes: &[&str]) -> Caller {
+    let secret = tollgate_identity::apikey::generate(tollgate_core::identity::KeyEnvironment::Live)
+        .expect("rng")
+        .secret;
+    let (org, app, key) = (
+        tollgate_core::ids::OrgId::new(),
+        tollgate_core::ids::AppId::new(),
+        tollgate_core::ids::KeyId::new(),
+    );
+    let ring = gw.gw.authenticator().keys();
+    ring.upsert(
+        ring.pepper().hash(&secret),
+        tollgate_identity::keyring::KeyEntry::new(
+            key.clone(),
+            org.clone(),
+            app.clone(),
+            tollgate_core::identity::KeyEnvironment::Live,
+            scopes.iter().map(|s| s.to_string()).collect(),
+            None,
+        ),
+    );
+    Caller {
+        secret,
+        org,
+        app,
+        key,
+    }
+}
+
 // ---------------------------------------------------------------- HTTP clients
 
 /// A response, read to the end.
