@@ -42,10 +42,6 @@ fn row(node: &str, at: i64, org: &str, route: &str, class: i16, n: usize, us: f6
     }
 }
 
-async fn get(api: &Api, path: &str) -> Reply {
-    api.call_as(Method::GET, path, None, "", Some(TOKEN)).await
-}
-
 fn ok(r: Reply) -> Value {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     r.json()
@@ -69,7 +65,7 @@ tollgate_store::backend_tests! {
         let api = Api::start(store).await;
         let q = format!("from={DAY0}&to={}", DAY0 + 2 * HOUR);
 
-        let s = ok(get(&api, &format!("/analytics?{q}&bucket=hour")).await);
+        let s = ok(api.get(&format!("/analytics?{q}&bucket=hour")).await);
         assert_eq!(s["bucket"], "hour");
         assert_eq!(s["from"], "2025-12-01T00:00:00Z");
         let b = s["buckets"].as_array().unwrap();
@@ -89,7 +85,7 @@ tollgate_store::backend_tests! {
         assert!((s["totals"]["error_rate"].as_f64().unwrap() - 5.0 / 115.0).abs() < 1e-9);
 
         // Minute buckets: every minute of the range, empty ones included.
-        let s = ok(get(&api, &format!("/analytics?{q}&bucket=minute")).await);
+        let s = ok(api.get(&format!("/analytics?{q}&bucket=minute")).await);
         assert_eq!(s["buckets"].as_array().unwrap().len(), 120);
         assert_eq!(s["buckets"][1]["requests"], 90);
         assert_eq!(s["buckets"][2]["requests"], 0);
@@ -97,18 +93,18 @@ tollgate_store::backend_tests! {
 
         // Filters.
         let total = |v: Value| v["totals"]["requests"].as_u64().unwrap();
-        assert_eq!(total(ok(get(&api, &format!("/analytics?{q}&route=billing")).await)), 7);
-        assert_eq!(total(ok(get(&api, &format!("/analytics?{q}&status=5xx")).await)), 5);
-        assert_eq!(total(ok(get(&api, &format!("/analytics?{q}&status=4xx")).await)), 3);
-        assert_eq!(total(ok(get(&api, &format!("/analytics?{q}&org={org}")).await)), 105);
+        assert_eq!(total(ok(api.get(&format!("/analytics?{q}&route=billing")).await)), 7);
+        assert_eq!(total(ok(api.get(&format!("/analytics?{q}&status=5xx")).await)), 5);
+        assert_eq!(total(ok(api.get(&format!("/analytics?{q}&status=4xx")).await)), 3);
+        assert_eq!(total(ok(api.get(&format!("/analytics?{q}&org={org}")).await)), 105);
 
         // The organization's own view.
-        let mine = ok(get(&api, &format!("/orgs/{org}/analytics?{q}&bucket=day")).await);
+        let mine = ok(api.get(&format!("/orgs/{org}/analytics?{q}&bucket=day")).await);
         assert_eq!(total(mine), 105);
-        let r = get(&api, &format!("/orgs/{org}/analytics?{q}&org=org_01jfzzzzzzzzzzzzzzzzzzzzzz")).await;
+        let r = api.get(&format!("/orgs/{org}/analytics?{q}&org=org_01jfzzzzzzzzzzzzzzzzzzzzzz")).await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
         assert_eq!(r.code(), "validation_failed");
-        let r = get(&api, "/orgs/org_01jfzzzzzzzzzzzzzzzzzzzzzz/analytics").await;
+        let r = api.get("/orgs/org_01jfzzzzzzzzzzzzzzzzzzzzzz/analytics").await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
 
         // Malformed queries are the client's mistake.
@@ -120,7 +116,7 @@ tollgate_store::backend_tests! {
             "status=7xx".to_owned(),
             "org=acme".to_owned(),
         ] {
-            let r = get(&api, &format!("/analytics?{bad}")).await;
+            let r = api.get(&format!("/analytics?{bad}")).await;
             assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {}", r.text);
             assert_eq!(r.code(), "validation_failed", "{bad}");
         }

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 
 mod common;
 
@@ -18,22 +18,6 @@ type Case = (
     StatusCode,
     &'static str,
 );
-
-impl Api {
-    async fn get(&self, path: &str) -> Reply {
-        self.call_as(Method::GET, path, None, "", Some(TOKEN)).await
-    }
-    async fn send(&self, method: Method, path: &str, body: Value) -> Reply {
-        self.call_as(
-            method,
-            path,
-            Some("application/json"),
-            &body.to_string(),
-            Some(TOKEN),
-        )
-        .await
-    }
-}
 
 tollgate_store::backend_tests! {
     async fn authentication_is_required(store) {

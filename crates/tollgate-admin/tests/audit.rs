@@ -6,9 +6,7 @@
 //! through the API; and a write whose entry cannot be stored is still
 //! answered, logged and counted.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 use tollgate_admin::auth::{Actor, hash_token};
 use tollgate_core::ids::AuditId;
@@ -19,19 +17,6 @@ mod common;
 use common::*;
 
 impl Api {
-    async fn get(&self, path: &str) -> Reply {
-        self.call_as(Method::GET, path, None, "", Some(TOKEN)).await
-    }
-    async fn send(&self, method: Method, path: &str, body: Value) -> Reply {
-        self.call_as(
-            method,
-            path,
-            Some("application/json"),
-            &body.to_string(),
-            Some(TOKEN),
-        )
-        .await
-    }
     async fn bare(&self, method: Method, path: &str) -> Reply {
         self.call_as(method, path, None, "", Some(TOKEN)).await
     }
@@ -43,30 +28,16 @@ impl Api {
         body: Value,
         headers: &[(&str, &str)],
     ) -> Reply {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.addr))
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {TOKEN}"));
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        let res = self
-            .client
-            .request(
-                b.body(Full::new(Bytes::from(body.to_string())))
-                    .expect("request"),
-            )
-            .await
-            .expect("response");
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = res.into_body().collect().await.expect("body").to_bytes();
-        Reply {
-            status,
+        let body = body.to_string();
+        self.call_with(
+            method,
+            path,
+            Some("application/json"),
+            &body,
+            Some(TOKEN),
             headers,
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        )
+        .await
     }
     /// The audit entries that `GET /audit?<query>` lists (one page).
     async fn audit(&self, query: &str) -> Vec<Value> {

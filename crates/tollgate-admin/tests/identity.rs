@@ -46,19 +46,12 @@ impl Api {
         self.call_as(method, path, ct, body, Some(TOKEN)).await
     }
 
-    async fn get(&self, path: &str) -> Reply {
-        self.call(Method::GET, path, None, "").await
-    }
     async fn delete(&self, path: &str) -> Reply {
         self.call(Method::DELETE, path, None, "").await
     }
     /// A POST without a body (revoke, rotate signing keys, new secret).
     async fn post(&self, path: &str) -> Reply {
         self.call(Method::POST, path, None, "").await
-    }
-    async fn send(&self, method: Method, path: &str, body: Value) -> Reply {
-        self.call(method, path, Some("application/json"), &body.to_string())
-            .await
     }
 
     async fn org(&self, name: &str) -> String {

@@ -51,16 +51,8 @@ fn paths(problem: &Value) -> Vec<String> {
 }
 
 impl Api {
-    async fn get(&self, path: &str) -> Reply {
-        self.call_as(Method::GET, path, None, "", Some(TOKEN)).await
-    }
     async fn delete(&self, path: &str) -> Reply {
         self.call_as(Method::DELETE, path, None, "", Some(TOKEN))
-            .await
-    }
-    async fn send(&self, method: Method, path: &str, body: Value) -> Reply {
-        let body = body.to_string();
-        self.call_as(method, path, Some("application/json"), &body, Some(TOKEN))
             .await
     }
     async fn post(&self, path: &str, body: Value) -> Reply {

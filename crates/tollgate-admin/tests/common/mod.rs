@@ -90,6 +90,23 @@ impl Api {
         }
     }
 
+    /// A GET with the test token.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call_as(Method::GET, path, None, "", Some(TOKEN)).await
+    }
+
+    /// A JSON request with the test token.
+    pub async fn send(&self, method: Method, path: &str, body: serde_json::Value) -> Reply {
+        self.call_as(
+            method,
+            path,
+            Some("application/json"),
+            &body.to_string(),
+            Some(TOKEN),
+        )
+        .await
+    }
+
     pub async fn call_as(
         &self,
         method: Method,
@@ -97,6 +114,19 @@ impl Api {
         ct: Option<&str>,
         body: &str,
         auth: Option<&str>,
+    ) -> Reply {
+        self.call_with(method, path, ct, body, auth, &[]).await
+    }
+
+    /// [`Api::call_as`] with extra request headers.
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        ct: Option<&str>,
+        body: &str,
+        auth: Option<&str>,
+        headers: &[(&str, &str)],
     ) -> Reply {
         let mut b = Request::builder()
             .method(method)
@@ -106,6 +136,9 @@ impl Api {
         }
         if let Some(token) = auth {
             b = b.header("authorization", format!("Bearer {token}"));
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
         }
         let res = self
             .client
