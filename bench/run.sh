@@ -22,13 +22,14 @@ WRK_THREADS="${WRK_THREADS:-1}"      # wrk -t
 WORKERS="${WORKERS:-1 2}"            # worker counts to measure (nginx worker_processes, Tollgate threads)
 LAT_DURATION="${LAT_DURATION:-10s}"  # each fixed-rate latency measurement
 LAT_WARMUP="${LAT_WARMUP:-2s}"       # fixed-rate warm-up before each latency measurement
-RATE="${RATE:-}"                     # fixed rate in req/s; default: RATE_FRACTION of nginx proxy_pass's max
-RATE_FRACTION="${RATE_FRACTION:-0.5}" # default fixed rate = this x nginx's max (capped, see oha_max)
+RATE="${RATE:-}"                     # one fixed rate in req/s instead of RATE_FRACTIONS
+RATE_FRACTIONS="${RATE_FRACTIONS:-0.25 0.5 0.75}" # fixed rates = these x nginx's max (capped, see oha_max)
 LATENCY_TOOL="${LATENCY_TOOL:-auto}" # auto | oha | wrk2 | none
 NO_TOLLGATE="${NO_TOLLGATE:-0}"      # 1: measure only upstream direct and nginx proxy_pass
 SCENARIOS="${SCENARIOS:-}"           # comma-separated scenario names to run; default: all
 TOLLGATE_BIN="${TOLLGATE_BIN:-}"     # use this binary instead of building one
 READY_TIMEOUT="${READY_TIMEOUT:-30}" # seconds to wait for a server to come up
+SETUP_TIMEOUT="${SETUP_TIMEOUT:-600}" # seconds a scenario's setup hook may take
 BENCH_NICE="${BENCH_NICE:--10}"      # nice value for servers and load generators (root only)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tollgate-target}"
 
@@ -40,20 +41,29 @@ ADMIN_TOKEN=bench-admin-token-0123456789 # Tollgate requires at least 16 charact
 
 # ---------------------------------------------------------------- scenarios
 #
-# Each Tollgate scenario is a config file in bench/scenarios/ plus, if it needs
-# them, request headers that the load generators send (to nginx as well, so both
-# see the same requests). Add a scenario with one more line here, e.g.
-#   run_tollgate_scenario "key auth" "$BENCH_DIR/scenarios/key-auth.yaml" "Authorization: Bearer tg_test_..."
-# or, for headers only known at run time (a key created through the admin API),
-# a scenarios/key-auth.setup.sh that prints them (see run_tollgate_scenario).
-# It runs once per worker count, with nginx measured in alternation beside it.
+# Each Tollgate scenario is a config file in bench/scenarios/, and beside it,
+# if it needs them: NAME.env (extra settings for Tollgate, KEY=VALUE lines),
+# NAME.setup.sh (run once Tollgate is ready; prints request headers, e.g. an
+# API key it created through the admin API) and, in the config file, a
+# "# bench-path: /some/path" line for the path the load goes to (default /).
+# The load generators send the same path and headers to nginx, so both see
+# the same requests. Each scenario runs once per worker count, with nginx
+# measured in alternation beside it.
+#
+# The default set builds the stack up one layer at a time, from the proxy
+# alone to everything on (issue 6); the extra ones isolate single costs and
+# run only when named in SCENARIOS.
 tollgate_scenarios() {
     run_tollgate_scenario "pass-through" "$BENCH_DIR/scenarios/passthrough.yaml"
-    run_tollgate_scenario "pass-through without analytics" "$BENCH_DIR/scenarios/passthrough-no-analytics.yaml"
     run_tollgate_scenario "key auth" "$BENCH_DIR/scenarios/key-auth.yaml"
-    run_tollgate_scenario "rate limit" "$BENCH_DIR/scenarios/rate-limit.yaml"
-    run_tollgate_scenario "rate limit without fields" "$BENCH_DIR/scenarios/rate-limit-quiet.yaml"
-    run_tollgate_scenario "rate limit on Redis" "$BENCH_DIR/scenarios/rate-limit-redis.yaml"
+    run_tollgate_scenario "key auth + rate limit" "$BENCH_DIR/scenarios/key-auth-rate-limit.yaml"
+    run_tollgate_scenario "full stack" "$BENCH_DIR/scenarios/full-stack.yaml"
+    run_tollgate_scenario "full stack on Redis" "$BENCH_DIR/scenarios/full-stack-redis.yaml"
+    # Extra scenarios.
+    run_tollgate_scenario "pass-through with analytics" "$BENCH_DIR/scenarios/passthrough-analytics.yaml" extra
+    run_tollgate_scenario "rate limit" "$BENCH_DIR/scenarios/rate-limit.yaml" extra
+    run_tollgate_scenario "rate limit without fields" "$BENCH_DIR/scenarios/rate-limit-quiet.yaml" extra
+    run_tollgate_scenario "rate limit on Redis" "$BENCH_DIR/scenarios/rate-limit-redis.yaml" extra
 }
 
 # ---------------------------------------------------------------- helpers
@@ -318,8 +328,8 @@ start_tollgate() {
         # extra request headers, one per line.
         local line
         if ! TOLLGATE_ADMIN_URL="http://127.0.0.1:$TOLLGATE_ADMIN_PORT" TOLLGATE_ADMIN_TOKEN="$ADMIN_TOKEN" \
-            TOLLGATE_PROXY_URL="http://127.0.0.1:$TOLLGATE_PORT" \
-            timeout 60 bash "$hook" >"$dir/setup.out" 2>"$dir/setup.err"; then
+            TOLLGATE_PROXY_URL="http://127.0.0.1:$TOLLGATE_PORT" BENCH_PATH="$BENCH_PATH" \
+            timeout "$SETUP_TIMEOUT" bash "$hook" >"$dir/setup.out" 2>"$dir/setup.err"; then
             cat "$dir/setup.err" >&2
             die "scenario setup hook $hook failed"
         fi
@@ -330,7 +340,7 @@ start_tollgate() {
     if [[ $rc -eq 0 ]]; then
         local hdrs=() h
         for h in "${SCENARIO_HEADERS[@]+"${SCENARIO_HEADERS[@]}"}"; do hdrs+=(-H "$h"); done
-        wait_http "tollgate proxy" "$TG_PID" "http://127.0.0.1:$TOLLGATE_PORT/" "${hdrs[@]+"${hdrs[@]}"}" || rc=$?
+        wait_http "tollgate proxy" "$TG_PID" "http://127.0.0.1:$TOLLGATE_PORT$BENCH_PATH" "${hdrs[@]+"${hdrs[@]}"}" || rc=$?
     fi
     if [[ $rc -ne 0 ]]; then
         [[ $rc -eq 2 ]] && log "Tollgate exited during start-up"
@@ -363,13 +373,22 @@ rss_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null |
 # ---------------------------------------------------------------- measurements
 
 RESULTS=""
-# results.tsv columns: workers system scenario kind round v1 v2 v3 errors
-#   kind thr:  v1 = req/s, v2 = CPU used by the server under test, % of one core
-#   kind lat:  v1 = p50 ms, v2 = p99 ms, v3 = achieved req/s
+# results.tsv columns: workers system scenario kind round v1 v2 v3 errors v4 v5 v6
+#   kind thr:  v1 = req/s, v2 = CPU used by the server under test, % of one core,
+#              v3 = its CPU-seconds per 10,000 requests
+#   kind lat:  v1 = p50 ms, v2 = p99 ms, v3 = achieved req/s, v4 = p99.9 ms,
+#              v5 = the rate's fraction of nginx's max, v6 = CPU-seconds per 10,000 requests
 #   kind rss:  v1 = idle VmRSS kB, v2 = peak VmHWM kB
-#   kind rate: v1 = fixed rate req/s used for latency, v2 = RATE_FRACTION x nginx max,
-#              v3 = RATE_FRACTION x oha's own max against the upstream (the cap)
-record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
+#   kind rate: v1 = fixed rate req/s used for latency, v2 = fraction x nginx max,
+#              v3 = fraction x oha's own max against the upstream (the cap), v5 = fraction
+record() {
+    local f=("$@")
+    while [[ ${#f[@]} -lt 12 ]]; do f+=(""); done
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${f[@]}" >>"$RESULTS"
+}
+
+# CPU-seconds per 10,000 requests, from clock ticks and a request count.
+cpu_per_10k() { awk -v t="$1" -v hz="$CLK_TCK" -v n="$2" 'BEGIN { if (n > 0) printf "%.4f", t / hz / n * 10000 }'; }
 
 # throughput N SYSTEM SCENARIO ROUND URL [headers...]
 # MEASURE_PIDS: pids whose CPU use is recorded for the measured run.
@@ -391,15 +410,18 @@ throughput() {
     s1="$(date +%s%N)"
     local cpu
     cpu="$(awk -v t="$((t1 - t0))" -v hz="$CLK_TCK" -v ns="$((s1 - s0))" 'BEGIN { printf "%.0f", 100 * t / hz / (ns / 1e9) }')"
-    local rps errs
+    local rps errs total
     rps="$(awk '/^Requests\/sec:/ { print $2 }' "$out")"
+    total="$(awk '/ requests in / { print $1 }' "$out")"
     errs="$(awk '
         /Non-2xx or 3xx responses:/ { e += $NF }
         /Socket errors:/ { gsub(",", ""); e += $4 + $6 + $8 + $10 }
         END { print e + 0 }' "$out")"
-    [[ -n "$rps" ]] || die "could not read req/s from $out"
-    record "$n" "$sys" "$scen" thr "$round" "$rps" "$cpu" "" "$errs"
-    log "  N=$n $sys${scen:+ ($scen)} round $round: $rps req/s, server CPU ${cpu}%, errors $errs"
+    [[ -n "$rps" && -n "$total" ]] || die "could not read req/s from $out"
+    local per10k
+    per10k="$(cpu_per_10k "$((t1 - t0))" "$total")"
+    record "$n" "$sys" "$scen" thr "$round" "$rps" "$cpu" "$per10k" "$errs"
+    log "  N=$n $sys${scen:+ ($scen)} round $round: $rps req/s, server CPU ${cpu}% (${per10k} CPU-s per 10k), errors $errs"
 }
 
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
@@ -415,92 +437,117 @@ oha_max() {
     python3 -B "$BENCH_DIR/report.py" parse-oha "$out" | awk '{ printf "%d\n", $3 }'
 }
 
-# latency N SYSTEM SCENARIO ROUND URL RATE [headers...]
+# latency N SYSTEM SCENARIO ROUND URL RATE FRACTION [headers...]
 latency() {
-    local n="$1" sys="$2" scen="$3" round="$4" url="$5" rate="$6"
-    shift 6
+    local n="$1" sys="$2" scen="$3" round="$4" url="$5" rate="$6" frac="$7"
+    shift 7
     local hdrs=() h
     for h in "$@"; do hdrs+=(-H "$h"); done
-    local out="$WORK/lat-$n-$sys-${scen// /_}-$round"
+    local out="$WORK/lat-$n-$sys-${scen// /_}-$frac-$round"
     local lim_w lim
     lim_w=$(($(dur_secs "$LAT_WARMUP") + 30))
     lim=$(($(dur_secs "$LAT_DURATION") + 30))
-    local parsed
+    local parsed t0 t1
     case "$LAT_TOOL" in
         oha)
             local args=(-c "$CONNECTIONS" -q "$rate" --latency-correction -w --no-tui "${OHA_JSON[@]}"
                 "${hdrs[@]+"${hdrs[@]}"}" "$url")
             timeout "$lim_w" "${PRIO[@]+"${PRIO[@]}"}" taskset -c "$LOAD_CPUS" "$OHA" -z "$LAT_WARMUP" "${args[@]}" >/dev/null 2>&1 || true
+            t0="$(cpu_ticks "${MEASURE_PIDS[@]}")"
             timeout "$lim" "${PRIO[@]+"${PRIO[@]}"}" taskset -c "$LOAD_CPUS" "$OHA" -z "$LAT_DURATION" "${args[@]}" >"$out.json" 2>"$out.err" ||
                 die "oha against $url failed: $(tail -n 3 "$out.err")"
+            t1="$(cpu_ticks "${MEASURE_PIDS[@]}")"
             parsed="$(python3 -B "$BENCH_DIR/report.py" parse-oha "$out.json")" ||
                 die "could not parse $out.json"
             ;;
         wrk2)
             local args=(-t"$WRK_THREADS" -c"$CONNECTIONS" -R"$rate" --latency "${hdrs[@]+"${hdrs[@]}"}" "$url")
             timeout "$lim_w" "${PRIO[@]+"${PRIO[@]}"}" taskset -c "$LOAD_CPUS" wrk2 -d"$LAT_WARMUP" "${args[@]}" >/dev/null 2>&1 || true
+            t0="$(cpu_ticks "${MEASURE_PIDS[@]}")"
             timeout "$lim" "${PRIO[@]+"${PRIO[@]}"}" taskset -c "$LOAD_CPUS" wrk2 -d"$LAT_DURATION" "${args[@]}" >"$out.txt" 2>&1 ||
                 die "wrk2 against $url failed: $(tail -n 3 "$out.txt")"
+            t1="$(cpu_ticks "${MEASURE_PIDS[@]}")"
             parsed="$(python3 -B "$BENCH_DIR/report.py" parse-wrk2 "$out.txt")" ||
                 die "could not parse $out.txt"
             ;;
         *) return 0 ;;
     esac
-    # parsed: p50_ms p99_ms achieved_rps errors
-    local p50 p99 ach errs
-    read -r p50 p99 ach errs <<<"$parsed"
-    record "$n" "$sys" "$scen" lat "$round" "$p50" "$p99" "$ach" "$errs"
-    log "  N=$n $sys${scen:+ ($scen)} round $round @ $rate req/s: p50 ${p50} ms, p99 ${p99} ms, errors $errs"
+    # parsed: p50_ms p99_ms achieved_rps errors p999_ms requests
+    local p50 p99 ach errs p999 total per10k
+    read -r p50 p99 ach errs p999 total <<<"$parsed"
+    per10k="$(cpu_per_10k "$((t1 - t0))" "$total")"
+    record "$n" "$sys" "$scen" lat "$round" "$p50" "$p99" "$ach" "$errs" "$p999" "$frac" "$per10k"
+    log "  N=$n $sys${scen:+ ($scen)} round $round @ $rate req/s: p50 ${p50} ms, p99 ${p99} ms, p99.9 ${p999} ms, errors $errs"
+}
+
+# latency_rounds N SYSTEM_A URL_A PIDS_A SYSTEM_B URL_B PIDS_B SCENARIO [headers...]
+# For each fixed rate, ROUNDS rounds alternating system A and system B.
+latency_rounds() {
+    local n="$1" sys_a="$2" url_a="$3" pids_a="$4" sys_b="$5" url_b="$6" pids_b="$7" scen="$8"
+    shift 8
+    [[ -n "$LAT_TOOL" ]] || return 0
+    local i r
+    for i in "${!CUR_RATES[@]}"; do
+        for ((r = 1; r <= ROUNDS; r++)); do
+            read -r -a MEASURE_PIDS <<<"$pids_a"
+            latency "$n" "$sys_a" "$scen" "$r" "$url_a" "${CUR_RATES[$i]}" "${CUR_FRACS[$i]}" "$@"
+            read -r -a MEASURE_PIDS <<<"$pids_b"
+            latency "$n" "$sys_b" "$scen" "$r" "$url_b" "${CUR_RATES[$i]}" "${CUR_FRACS[$i]}" "$@"
+        done
+    done
 }
 
 # ---------------------------------------------------------------- the run
 
 CUR_N=""
-CUR_RATE=""
+CUR_RATES=()
+CUR_FRACS=()
 CUR_TAG=0
+BENCH_PATH=/
 
-# run_tollgate_scenario NAME CONFIG_FILE [extra request headers...]
-# If CONFIG_FILE is x.yaml and x.setup.sh exists, it runs once Tollgate is ready
-# (TOLLGATE_ADMIN_URL, TOLLGATE_ADMIN_TOKEN and TOLLGATE_PROXY_URL set) and each
-# line it prints is one more request header, e.g. "Authorization: Bearer <key>".
-# Starts Tollgate with CONFIG_FILE and measures it against nginx proxy_pass,
-# alternating nginx and Tollgate for ROUNDS rounds: throughput first, then
-# latency at the fixed rate of this worker count. Records Tollgate's idle and
-# peak RSS. Uses CUR_N and CUR_RATE, set by the main loop.
+# run_tollgate_scenario NAME CONFIG_FILE [extra]
+# Starts Tollgate with CONFIG_FILE (and its .env and .setup.sh, see the top of
+# this file) and measures it against nginx proxy_pass, alternating nginx and
+# Tollgate for ROUNDS rounds: throughput first, then latency at each fixed
+# rate of this worker count. Records Tollgate's idle and peak RSS. An "extra"
+# scenario runs only when SCENARIOS names it. Uses CUR_N and CUR_RATES, set
+# by the main loop.
 run_tollgate_scenario() {
-    local name="$1" config="$2"
-    shift 2
+    local name="$1" config="$2" extra="${3:-}"
     [[ -f "$config" ]] || die "scenario '$name': config file $config not found"
     [[ "$NO_TOLLGATE" == 1 ]] && return 0
-    if [[ -n "$SCENARIOS" && ",$SCENARIOS," != *",$name,"* ]]; then
-        log "scenario '$name' skipped (not in SCENARIOS)"
+    if [[ -n "$SCENARIOS" && ",$SCENARIOS," != *",$name,"* ]] || [[ -z "$SCENARIOS" && "$extra" == extra ]]; then
+        if [[ -n "$SCENARIOS" ]]; then
+            log "scenario '$name' skipped (not in SCENARIOS)"
+        else
+            log "scenario '$name' skipped (an extra scenario: name it in SCENARIOS to run it)"
+        fi
         return 0
     fi
+    BENCH_PATH="$(sed -n 's/^# bench-path: *//p' "$config" | head -n 1)"
+    BENCH_PATH="${BENCH_PATH:-/}"
     local n="$CUR_N" r
     CUR_TAG=$((CUR_TAG + 1))
-    log "N=$n scenario '$name' ($config): starting Tollgate on CPUs $PROXY_CPUS"
-    start_tollgate "$n-$CUR_TAG" "$config" "$n" "$PROXY_CPUS" "$@"
+    log "N=$n scenario '$name' ($config, path $BENCH_PATH): starting Tollgate on CPUs $PROXY_CPUS"
+    start_tollgate "$n-$CUR_TAG" "$config" "$n" "$PROXY_CPUS"
     set -- "${SCENARIO_HEADERS[@]+"${SCENARIO_HEADERS[@]}"}"
     local idle
     idle="$(rss_kb "$TG_PID" VmRSS)"
+    local ng_url="http://127.0.0.1:$NGINX_PORT$BENCH_PATH" tg_url="http://127.0.0.1:$TOLLGATE_PORT$BENCH_PATH"
     for ((r = 1; r <= ROUNDS; r++)); do
         MEASURE_PIDS=("$NGINX_PROXY_PID")
-        throughput "$n" nginx "$name" "$r" "http://127.0.0.1:$NGINX_PORT/" "$@"
+        throughput "$n" nginx "$name" "$r" "$ng_url" "$@"
         MEASURE_PIDS=("$TG_PID")
-        throughput "$n" tollgate "$name" "$r" "http://127.0.0.1:$TOLLGATE_PORT/" "$@"
+        throughput "$n" tollgate "$name" "$r" "$tg_url" "$@"
     done
-    if [[ -n "$LAT_TOOL" ]]; then
-        for ((r = 1; r <= ROUNDS; r++)); do
-            latency "$n" nginx "$name" "$r" "http://127.0.0.1:$NGINX_PORT/" "$CUR_RATE" "$@"
-            latency "$n" tollgate "$name" "$r" "http://127.0.0.1:$TOLLGATE_PORT/" "$CUR_RATE" "$@"
-        done
-    fi
+    latency_rounds "$n" nginx "$ng_url" "$NGINX_PROXY_PID" tollgate "$tg_url" "$TG_PID" "$name" "$@"
     kill -0 "$TG_PID" 2>/dev/null || die "Tollgate exited during the run; see $WORK/tollgate-$n-$CUR_TAG/tollgate.log"
     local peak
     peak="$(rss_kb "$TG_PID" VmHWM)"
     record "$n" tollgate "$name" rss 0 "$idle" "$peak" "" 0
     log "  N=$n tollgate ($name): idle RSS ${idle} kB, peak RSS ${peak} kB"
     stop_pid "$TG_PID"
+    BENCH_PATH=/
 }
 
 main() {
@@ -548,33 +595,40 @@ main() {
             MEASURE_PIDS=("$px_pid")
             throughput "$n" nginx "" "$r" "http://127.0.0.1:$NGINX_PORT/"
         done
-        if [[ -n "$RATE" ]]; then
-            CUR_RATE="$RATE"
-        elif [[ -n "$LAT_TOOL" ]]; then
-            local half cap=""
-            half="$(awk -F'\t' -v n="$n" '$1 == n && $2 == "nginx" && $3 == "" && $4 == "thr" { print $6 }' "$RESULTS" |
-                median | awk -v f="$RATE_FRACTION" '{ printf "%d\n", $1 * f }')"
-            CUR_RATE="$half"
-            if [[ "$LAT_TOOL" == oha ]]; then
-                # oha costs more CPU per request than wrk, and with N=1 it shares
-                # CPU 0 with the upstream: never ask for more than the same
-                # fraction of what oha + upstream manage with no proxy at all.
-                cap="$(oha_max "$n" "http://127.0.0.1:$UPSTREAM_PORT/")"
-                cap="$(awk -v c="$cap" -v f="$RATE_FRACTION" 'BEGIN { printf "%d\n", c * f }')"
-                if [[ "$cap" -lt "$half" ]]; then
-                    log "N=$n: fixed rate capped at $cap req/s (load generator limit) instead of $half"
-                    CUR_RATE="$cap"
-                fi
+        # The fixed rates: each fraction of nginx's median max. oha costs more
+        # CPU per request than wrk, and with N=1 it shares CPU 0 with the
+        # upstream, so a rate is never above the same fraction of what oha +
+        # upstream manage with no proxy at all (the report says when it was
+        # capped); above that the figures would be oha's own queue.
+        CUR_RATES=()
+        CUR_FRACS=()
+        if [[ -n "$LAT_TOOL" ]]; then
+            local nginx_max oha_cap="" f want cap
+            nginx_max="$(awk -F'\t' -v n="$n" '$1 == n && $2 == "nginx" && $3 == "" && $4 == "thr" { print $6 }' "$RESULTS" | median)"
+            if [[ "$LAT_TOOL" == oha && -z "$RATE" ]]; then
+                oha_cap="$(oha_max "$n" "http://127.0.0.1:$UPSTREAM_PORT/")"
+                log "N=$n: oha alone against the upstream: $oha_cap req/s"
+            fi
+            if [[ -n "$RATE" ]]; then
+                CUR_RATES=("$RATE")
+                CUR_FRACS=("$(awk -v r="$RATE" -v m="$nginx_max" 'BEGIN { printf "%.2f", r / m }')")
+                record "$n" "" "" rate 0 "$RATE" "" "" 0 "" "${CUR_FRACS[0]}"
+            else
+                for f in $RATE_FRACTIONS; do
+                    want="$(awk -v m="$nginx_max" -v f="$f" 'BEGIN { printf "%d", m * f }')"
+                    cap="$(awk -v c="${oha_cap:-0}" -v f="$f" 'BEGIN { printf "%d", c * f }')"
+                    if [[ -n "$oha_cap" && "$cap" -lt "$want" ]]; then
+                        log "N=$n: rate at $f x nginx capped at $cap req/s (load generator limit) instead of $want"
+                        CUR_RATES+=("$cap")
+                    else
+                        CUR_RATES+=("$want")
+                    fi
+                    CUR_FRACS+=("$f")
+                    record "$n" "" "" rate 0 "${CUR_RATES[-1]}" "$want" "$cap" 0 "" "$f"
+                done
             fi
         fi
-        record "$n" "" "" rate 0 "${CUR_RATE:-0}" "${half:-}" "${cap:-}" 0
-
-        if [[ -n "$LAT_TOOL" ]]; then
-            for ((r = 1; r <= ROUNDS; r++)); do
-                latency "$n" direct "" "$r" "http://127.0.0.1:$UPSTREAM_PORT/" "$CUR_RATE"
-                latency "$n" nginx "" "$r" "http://127.0.0.1:$NGINX_PORT/" "$CUR_RATE"
-            done
-        fi
+        latency_rounds "$n" direct "http://127.0.0.1:$UPSTREAM_PORT/" "$up_pid" nginx "http://127.0.0.1:$NGINX_PORT/" "$px_pid" ""
 
         tollgate_scenarios
 
@@ -599,7 +653,7 @@ main() {
         echo "wrk_threads=$WRK_THREADS"
         echo "lat_tool=${LAT_TOOL:-none}"
         echo "lat_duration=$LAT_DURATION"
-        echo "rate_fraction=$RATE_FRACTION"
+        echo "rate_fractions=${RATE:+fixed $RATE req/s}${RATE:-$RATE_FRACTIONS}"
         echo "elapsed=$(($(date +%s) - started))s"
     } >"$meta"
 

@@ -1,0 +1,1 @@
+key-auth.setup.sh
