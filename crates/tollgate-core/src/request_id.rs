@@ -20,8 +20,9 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = ulid::Ulid::new().to_string();
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("invalid"))
+    let mut buf = [0u8; ulid::ULID_LEN];
+    let id = ulid::Ulid::new().array_to_str(&mut buf);
+    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("invalid"))
 }
 
 #[cfg(test)]

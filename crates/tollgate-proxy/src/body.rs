@@ -245,6 +245,8 @@ pub enum ProxyBody {
 #[derive(Debug)]
 pub struct UpstreamResponse {
     pub inner: Incoming,
+    /// The upstream connection, back to the pool if the body was read to the end.
+    pub conn: Option<crate::pool::Conn>,
     pub idle: Duration,
     pub idle_timer: Option<Pin<Box<Sleep>>>,
     pub deadline: Option<Pin<Box<Sleep>>>,
@@ -270,6 +272,13 @@ impl Drop for UpstreamResponse {
     fn drop(&mut self) {
         if let Some(r) = self.recording.take() {
             r.finish(self.sent);
+        }
+        // A body not read to its end leaves the connection unusable: hyper
+        // closes it when the body is dropped.
+        if let Some(conn) = self.conn.take()
+            && self.inner.is_end_stream()
+        {
+            conn.release();
         }
     }
 }
@@ -307,6 +316,7 @@ impl ProxyBody {
     }
     pub fn upstream(
         inner: Incoming,
+        conn: crate::pool::Conn,
         idle: Duration,
         deadline: Option<Instant>,
         guard: InFlight,
@@ -314,6 +324,7 @@ impl ProxyBody {
     ) -> Self {
         ProxyBody::Upstream(Box::new(UpstreamResponse {
             inner,
+            conn: Some(conn),
             idle,
             idle_timer: None,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),

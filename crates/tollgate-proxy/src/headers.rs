@@ -30,6 +30,11 @@ const HOP_BY_HOP: [&HeaderName; 7] = [
 /// `Connection`. Returns the `Upgrade` value when the message asked to
 /// upgrade, so the caller can re-add it for a tunnel.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    // One pass over the names first: most requests carry none of them, and
+    // removing an absent name still hashes it.
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(&n)) {
+        return None;
+    }
     let mut upgrade_requested = false;
     let upgrade_value = headers.get(header::UPGRADE).cloned();
     if headers.contains_key(header::CONNECTION) {
@@ -55,7 +60,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     } else {
         None
     };
-    for name in HOP_BY_HOP {
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(n))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
     }
     upgrade
@@ -148,66 +158,98 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) ->
     client
 }
 
+/// The client connection as the forwarding headers show it, formatted once
+/// per connection rather than once per request.
+#[derive(Debug)]
+pub struct Peer {
+    proto: &'static str,
+    /// The address alone: `X-Forwarded-For`'s element.
+    for_value: HeaderValue,
+    /// `for=<node>;proto=<proto>`: `Forwarded`'s element without a host.
+    element: String,
+    /// The `Forwarded` value for the last `Host` seen on this connection.
+    last: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
+}
+
+impl Peer {
+    pub fn new(peer: IpAddr, proto: &'static str) -> Peer {
+        let ip = canonical(peer);
+        let s = ip.to_string();
+        let element = match ip {
+            IpAddr::V6(_) => format!("for=\"[{s}]\";proto={proto}"),
+            IpAddr::V4(_) => format!("for={s};proto={proto}"),
+        };
+        Peer {
+            proto,
+            for_value: HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("unknown")),
+            element,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// `Forwarded`'s element for a request with this `Host`.
+    fn element_for(&self, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+        let host = host.filter(|h| h.as_bytes().iter().all(|c| c.is_ascii_graphic()));
+        let Some(h) = host else {
+            return HeaderValue::from_str(&self.element).ok();
+        };
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, value)) = &*last
+            && seen == h
+        {
+            return Some(value.clone());
+        }
+        let mut s = String::with_capacity(self.element.len() + h.len() + 8);
+        s.push_str(&self.element);
+        s.push_str(";host=\"");
+        s.push_str(h.to_str().ok()?);
+        s.push('"');
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()?;
+        *last = Some((h.clone(), value.clone()));
+        Some(value)
+    }
+}
+
 /// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` for the upstream. From
 /// a trusted peer, the chain is extended; from anyone else, whatever the
 /// client sent is replaced, so it cannot be forged.
 pub fn set_forwarding(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &Peer,
     trusted_peer: bool,
-    proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let peer = canonical(peer);
-    let peer_s = peer.to_string();
-    let node = match peer {
-        IpAddr::V6(_) => format!("\"[{peer_s}]\""),
-        IpAddr::V4(_) => peer_s.clone(),
-    };
-    let host_s = host
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.bytes().all(|c| c.is_ascii_graphic()));
-    let mut element = format!("for={node};proto={proto}");
-    if let Some(h) = host_s {
-        element.push_str(";host=\"");
-        element.push_str(h);
-        element.push('"');
-    }
-    let joined = |name: &HeaderName, headers: &HeaderMap| -> Option<String> {
-        let parts: Vec<&str> = headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if parts.is_empty() {
-            None
-        } else {
-            Some(parts.join(", "))
+    let element = peer.element_for(host);
+    let joined = |name: &HeaderName, headers: &HeaderMap, last: &[u8]| -> Option<HeaderValue> {
+        let mut parts = headers.get_all(name).iter().peekable();
+        parts.peek()?;
+        let mut out = Vec::with_capacity(64);
+        for v in parts {
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b", ");
         }
+        out.extend_from_slice(last);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
     };
-    let (xff, fwd) = if trusted_peer {
-        let xff = match joined(&X_FORWARDED_FOR, headers) {
-            Some(prev) => format!("{prev}, {peer_s}"),
-            None => peer_s,
-        };
-        let fwd = match joined(&FORWARDED, headers) {
-            Some(prev) => format!("{prev}, {element}"),
-            None => element,
-        };
-        (xff, fwd)
+    if trusted_peer {
+        let xff = joined(&X_FORWARDED_FOR, headers, peer.for_value.as_bytes())
+            .unwrap_or_else(|| peer.for_value.clone());
+        headers.insert(&X_FORWARDED_FOR, xff);
+        if let Some(e) = element {
+            let fwd = joined(&FORWARDED, headers, e.as_bytes()).unwrap_or(e);
+            headers.insert(&FORWARDED, fwd);
+        }
     } else {
         headers.remove(&X_FORWARDED_PROTO);
         headers.remove(&X_FORWARDED_HOST);
-        (peer_s, element)
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(&X_FORWARDED_FOR, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
-        headers.insert(&FORWARDED, v);
+        headers.insert(&X_FORWARDED_FOR, peer.for_value.clone());
+        match element {
+            Some(e) => headers.insert(&FORWARDED, e),
+            None => headers.remove(&FORWARDED),
+        };
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(peer.proto));
     }
     if !headers.contains_key(&X_FORWARDED_HOST)
         && let Some(h) = host
@@ -292,9 +334,8 @@ mod tests {
         assert_eq!(client_ip(peer, &h, &trusted), peer);
         set_forwarding(
             &mut h,
-            peer,
+            &Peer::new(peer, "http"),
             false,
-            "http",
             Some(&HeaderValue::from_static("api.example.com")),
         );
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9");
@@ -318,12 +359,12 @@ mod tests {
             client_ip(peer, &h, &trusted),
             "198.51.100.7".parse::<IpAddr>().expect("ip")
         );
-        set_forwarding(&mut h, peer, true, "http", None);
+        set_forwarding(&mut h, &Peer::new(peer, "http"), true, None);
         assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7, 10.0.0.2, 10.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         let v6: IpAddr = "::1".parse().expect("ip");
         let mut h = HeaderMap::new();
-        set_forwarding(&mut h, v6, false, "https", None);
+        set_forwarding(&mut h, &Peer::new(v6, "https"), false, None);
         assert_eq!(h[&FORWARDED], "for=\"[::1]\";proto=https");
     }
 }

@@ -33,10 +33,13 @@ pub(crate) fn spawn(svc: Arc<ServiceRt>, cfg: ActiveHealthCheck, stop: Cancellat
                 else {
                     return;
                 };
-                let ok = match tokio::time::timeout(cfg.timeout.get(), svc.client().request(req))
-                    .await
-                {
-                    Ok(Ok(res)) => res.status().is_success() || res.status().is_redirection(),
+                // Each probe makes its own connection (closed after it), so
+                // a probe also tests that the target accepts connections.
+                let probe = crate::pool::send(&target.addr, svc.connect_timeout, req);
+                let ok = match tokio::time::timeout(cfg.timeout.get(), probe).await {
+                    Ok(Ok((res, _conn))) => {
+                        res.status().is_success() || res.status().is_redirection()
+                    }
                     _ => false,
                 };
                 // A probe that finished after a reload must not overwrite the

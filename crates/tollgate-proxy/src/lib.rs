@@ -20,6 +20,7 @@ mod framing;
 pub mod headers;
 mod health;
 mod metrics;
+pub mod pool;
 pub mod router;
 pub mod server;
 pub mod service;

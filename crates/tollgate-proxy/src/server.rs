@@ -193,11 +193,7 @@ async fn serve_conn<IO>(
     };
     let header_timeout = gw.settings.header_read_timeout + HYPER_SLACK;
     let (io, verdicts) = FramingIo::new(io, limits);
-    let conn = Arc::new(ConnInfo {
-        peer,
-        tls,
-        verdicts: verdicts.clone(),
-    });
+    let conn = Arc::new(ConnInfo::new(peer, tls, verdicts.clone()));
     let svc = service_fn(move |req| handle(gw.clone(), conn.clone(), req));
     let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     let fut = watcher.watch(fut.into_owned());

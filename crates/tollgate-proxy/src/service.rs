@@ -18,6 +18,7 @@ use crate::body::{ProxyBody, Recording, ReplayableBody, TripWire, Tripped};
 use crate::error::ProxyError;
 use crate::framing::{Refusal, Verdicts};
 use crate::headers::{self, X_REQUEST_ID};
+use crate::pool;
 use crate::router::{Miss, has_dot_segment, request_host};
 use crate::snapshot::{Gateway, RouteTarget, ServiceRt};
 use crate::upstream::{Admit, InFlight, TrialGuard, now_ms};
@@ -28,6 +29,19 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
     pub(crate) verdicts: Arc<Verdicts>,
+    /// The peer as the forwarding headers show it.
+    pub(crate) forwarded: headers::Peer,
+}
+
+impl ConnInfo {
+    pub(crate) fn new(peer: SocketAddr, tls: bool, verdicts: Arc<Verdicts>) -> ConnInfo {
+        ConnInfo {
+            peer,
+            tls,
+            verdicts,
+            forwarded: headers::Peer::new(peer.ip(), if tls { "https" } else { "http" }),
+        }
+    }
 }
 
 /// When a request arrived: the monotonic instant for its latency, the wall
@@ -254,9 +268,8 @@ async fn proxy(
     });
     headers::set_forwarding(
         &mut parts.headers,
-        peer,
+        &conn.forwarded,
         trusted_peer,
-        if conn.tls { "https" } else { "http" },
         original_host.as_ref(),
     );
     headers::strip_reserved(&mut parts.headers);
@@ -305,7 +318,14 @@ async fn proxy(
         body_idle: settings.body_read_timeout,
     };
     let sent = send(svc, exchange).await;
-    let (mut upstream_res, guard, deadline, upstream_latency, wire) = match sent {
+    let Sent {
+        res: mut upstream_res,
+        conn: upstream_conn,
+        guard,
+        deadline,
+        latency: upstream_latency,
+        wire,
+    } = match sent {
         Ok(ok) => ok,
         Err(e) => {
             trace.set_error(upstream_span, e.code().as_str());
@@ -355,7 +375,14 @@ async fn proxy(
         ProxyBody::empty()
     } else {
         headers::strip_hop_by_hop(&mut res_parts.headers);
-        ProxyBody::upstream(res_body, svc.read_timeout, deadline, guard, None)
+        ProxyBody::upstream(
+            res_body,
+            upstream_conn,
+            svc.read_timeout,
+            deadline,
+            guard,
+            None,
+        )
     };
     let phase = trace.start_span(span_name::RESPONSE, SpanKind::Internal);
     rt.chain.response(&mut ctx, &mut res_parts);
@@ -595,13 +622,16 @@ async fn await_head<F: std::future::Future>(
     }
 }
 
-type Sent = (
-    Response<Incoming>,
-    InFlight,
-    Option<Instant>,
-    Duration,
-    Arc<TripWire>,
-);
+/// An upstream's response head and what its body needs.
+struct Sent {
+    res: Response<Incoming>,
+    /// The connection, back to the pool when the body has been read.
+    conn: pool::Conn,
+    guard: InFlight,
+    deadline: Option<Instant>,
+    latency: Duration,
+    wire: Arc<TripWire>,
+}
 
 /// Sends the exchange to a target, retrying on another target when that is
 /// safe: the request never reached an upstream (connect failure) or it is
@@ -660,19 +690,35 @@ async fn send(svc: &ServiceRt, mut ex: Exchange) -> Result<Sent, ProxyError> {
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
 
-        let outcome =
-            await_head(svc.client().request(req), &wire, svc.read_timeout, deadline).await;
+        let outcome = await_head(
+            pool::send(&target.addr, svc.connect_timeout, req),
+            &wire,
+            svc.read_timeout,
+            deadline,
+        )
+        .await;
         let err = match outcome {
-            Ok(Ok(res)) => {
+            Ok(Ok((res, conn))) => {
                 let ok = !res.status().is_server_error();
                 target.record(ok, svc.passive.as_ref());
                 if let Some(cfg) = &svc.breaker {
                     svc.state.breaker.record(cfg, admit, ok);
                     trial.settle();
                 }
-                return Ok((res, guard, deadline, started.elapsed(), wire));
+                return Ok(Sent {
+                    res,
+                    conn,
+                    guard,
+                    deadline,
+                    latency: started.elapsed(),
+                    wire,
+                });
             }
-            Ok(Err(e)) => match wire.get() {
+            Ok(Err(pool::SendError::Connect { error, .. })) => ProxyError::UpstreamConnect {
+                target: target.addr.to_string(),
+                source: Box::new(error),
+            },
+            Ok(Err(pool::SendError::Http(e))) => match wire.get() {
                 Tripped::TooLarge => {
                     return Err(ProxyError::PayloadTooLarge {
                         limit: ex.body_limit.unwrap_or(0),
@@ -684,10 +730,6 @@ async fn send(svc: &ServiceRt, mut ex: Exchange) -> Result<Sent, ProxyError> {
                         "the client aborted the request body".into(),
                     ));
                 }
-                Tripped::None if e.is_connect() => ProxyError::UpstreamConnect {
-                    target: target.addr.to_string(),
-                    source: Box::new(e),
-                },
                 Tripped::None => ProxyError::UpstreamProtocol {
                     target: target.addr.to_string(),
                     source: Box::new(e),

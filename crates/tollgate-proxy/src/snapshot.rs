@@ -6,9 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tollgate_analytics::Recorder;
 use tollgate_core::config::{CircuitBreaker, Config, PassiveHealthCheck, RetryBudget};
@@ -17,42 +14,9 @@ use tollgate_identity::authn::Authenticator;
 use tollgate_identity::oauth::OAuthServer;
 use tollgate_policies::{Chain, PolicyEnv};
 
-use crate::body::UpstreamBody;
 use crate::router::Router;
 use crate::settings::ProxySettings;
 use crate::upstream::{Balancer, Registry, ServiceState};
-
-/// The HTTP client used for upstreams. Each worker thread keeps one per
-/// connect timeout, outside any snapshot, so keep-alive connections survive
-/// reloads and a request uses connections owned by its own thread.
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
-
-thread_local! {
-    static CLIENTS: std::cell::RefCell<Vec<(Duration, UpstreamClient)>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// This thread's client for `connect_timeout`, created on first use.
-pub fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
-    CLIENTS.with(|clients| {
-        let mut clients = clients.borrow_mut();
-        if let Some((_, c)) = clients.iter().find(|(t, _)| *t == connect_timeout) {
-            return c.clone();
-        }
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .http1_writev(false)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(http);
-        clients.push((connect_timeout, client.clone()));
-        client
-    })
-}
 
 /// What a matched route leads to.
 #[derive(Debug)]
@@ -80,13 +44,6 @@ pub struct ServiceRt {
     pub state: Arc<ServiceState>,
     pub connect_timeout: Duration,
     pub active: Option<tollgate_core::config::ActiveHealthCheck>,
-}
-
-impl ServiceRt {
-    /// The upstream client for this service on the current thread.
-    pub fn client(&self) -> UpstreamClient {
-        upstream_client(self.connect_timeout)
-    }
 }
 
 /// An immutable, compiled configuration.
