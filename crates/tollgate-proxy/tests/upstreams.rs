@@ -388,3 +388,50 @@ async fn keep_alive_reuses_upstream_connections() {
         up.stats.connections()
     );
 }
+
+/// An upstream that answers one request per connection and then closes it
+/// without saying so (no `Connection: close`), as a server whose keep-alive
+/// timeout is shorter than the gateway's does.
+async fn one_shot_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_not_reused() {
+    let (addr, task) = one_shot_upstream().await;
+    // No retries: a request sent on a dead connection would fail.
+    let gw = TestGateway::start(&service(
+        json!([{"target": addr.to_string()}]),
+        json!({"retries": 0}),
+    ))
+    .await;
+    let c = client();
+    for i in 0..20 {
+        let r = c.get(&gw.url("/x")).await;
+        assert_eq!(r.status, 200, "request {i}: {:?}", r.body);
+        assert_eq!(&r.body[..], b"ok");
+    }
+    task.abort();
+}
