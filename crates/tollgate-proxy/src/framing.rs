@@ -181,6 +181,20 @@ impl<IO> FramingIo<IO> {
                         self.state = State::ChunkSize(Vec::new());
                     }
                 }
+                State::Head(line)
+                    if line.is_empty() && !matches!(data.first(), Some(b'\r' | b'\n')) =>
+                {
+                    // The usual case: a whole head at the start of a read.
+                    // Found without copying it byte by byte.
+                    let Some(end) = head_end(data) else {
+                        line.push(data[0]);
+                        data = &data[1..];
+                        continue;
+                    };
+                    let (head, rest) = data.split_at(end);
+                    data = rest;
+                    self.state = self.on_head(head);
+                }
                 State::ChunkSize(line) | State::Trailers(line) | State::Head(line) => {
                     let mut done = None;
                     for (i, b) in data.iter().enumerate() {
@@ -318,6 +332,18 @@ fn on_chunk_size(line: &[u8]) -> State {
         Ok(0) => State::Trailers(Vec::new()),
         Ok(n) => State::ChunkData(n),
         Err(_) => State::Off,
+    }
+}
+
+/// Where a head that starts at `data[0]` ends: just past the first empty
+/// line, `\r\n\r\n` or a bare `\n\n`, whichever comes first.
+fn head_end(data: &[u8]) -> Option<usize> {
+    let crlf = memchr::memmem::find(data, b"\r\n\r\n").map(|i| i + 4);
+    let scope = crlf.map_or(data, |e| &data[..e]);
+    let lf = memchr::memmem::find(scope, b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

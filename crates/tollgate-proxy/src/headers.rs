@@ -30,43 +30,51 @@ const HOP_BY_HOP: [&HeaderName; 7] = [
 /// `Connection`. Returns the `Upgrade` value when the message asked to
 /// upgrade, so the caller can re-add it for a tunnel.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
-    // One pass over the names first: most requests carry none of them, and
-    // removing an absent name still hashes it.
-    if !headers.keys().any(|n| HOP_BY_HOP.contains(&n)) {
+    // One pass over the names first, noting which fixed ones are present:
+    // most requests carry none of them, and removing an absent name still
+    // hashes it.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return None;
     }
     let mut upgrade_requested = false;
-    let upgrade_value = headers.get(header::UPGRADE).cloned();
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| {
-                let t = t.trim();
-                if t.eq_ignore_ascii_case("upgrade") {
-                    upgrade_requested = true;
-                }
-                HeaderName::from_bytes(t.as_bytes()).ok()
-            })
-            .collect();
-        for name in listed {
-            headers.remove(&name);
+    // Fields named in `Connection` other than the fixed ones (usually none:
+    // `keep-alive`, `close` and `upgrade` are the common tokens).
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            if token.eq_ignore_ascii_case("upgrade") {
+                upgrade_requested = true;
+            }
+            let fixed = HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(token));
+            if token.is_empty() || fixed || token.eq_ignore_ascii_case("close") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                listed.push(name);
+            }
         }
     }
     let upgrade = if upgrade_requested {
-        upgrade_value
+        headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| HOP_BY_HOP.contains(n))
-        .cloned()
-        .collect();
-    for name in present {
+    for name in listed {
         headers.remove(name);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
     }
     upgrade
 }

@@ -94,6 +94,62 @@ pub enum Miss {
 pub struct Router<T> {
     routes: Vec<RouteMatcher<T>>,
     entries: Vec<Entry>,
+    /// Entries by the literal segments every path they match starts with.
+    index: SegmentNode,
+}
+
+/// How many leading path segments the index looks at.
+const INDEX_DEPTH: usize = 4;
+
+/// A node of the segment index: the entries (positions in the sorted entry
+/// list, ascending) whose patterns fix exactly the segments on the way here,
+/// and the nodes one literal segment further. A request visits the nodes
+/// along its own path's segments, so only entries that can match are tried,
+/// in the same order as the full list.
+#[derive(Debug, Default)]
+struct SegmentNode {
+    entries: Vec<u32>,
+    children: std::collections::HashMap<Box<str>, SegmentNode>,
+}
+
+impl SegmentNode {
+    fn insert(&mut self, segments: &[&str], entry: u32) {
+        match segments.split_first() {
+            Some((first, rest)) => self
+                .children
+                .entry(Box::from(*first))
+                .or_default()
+                .insert(rest, entry),
+            None => self.entries.push(entry),
+        }
+    }
+}
+
+/// The literal segments every path matching `pattern` starts with (at most
+/// [`INDEX_DEPTH`]).
+fn fixed_segments(pattern: Option<&PathPattern>) -> Vec<&str> {
+    let mut out: Vec<&str> = match pattern {
+        None => Vec::new(),
+        Some(PathPattern::Prefix(p)) if p == "/" => Vec::new(),
+        Some(PathPattern::Prefix(p)) => {
+            let mut segs: Vec<&str> = p[1..].split('/').collect();
+            // `/v1/` matches `/v1/...`: the empty last segment is not fixed.
+            if p.ends_with('/') {
+                segs.pop();
+            }
+            segs
+        }
+        Some(PathPattern::Exact(p)) => p.get(1..).unwrap_or("").split('/').collect(),
+        Some(PathPattern::Template(segs)) => segs
+            .iter()
+            .map_while(|s| match s {
+                Segment::Literal(l) => Some(l.as_str()),
+                Segment::Param(_) => None,
+            })
+            .collect(),
+    };
+    out.truncate(INDEX_DEPTH);
+    out
 }
 
 impl<T> Router<T> {
@@ -163,10 +219,34 @@ impl<T> Router<T> {
                 r.name.clone(),
             )
         });
+        let mut index = SegmentNode::default();
+        for (i, e) in entries.iter().enumerate() {
+            index.insert(&fixed_segments(e.path.as_ref()), i as u32);
+        }
         Router {
             routes: matchers,
             entries,
+            index,
         }
+    }
+
+    /// The index nodes a path visits: the root, then one per leading segment.
+    fn visited<'r>(&'r self, path: &str) -> ([&'r [u32]; INDEX_DEPTH + 1], usize) {
+        let mut lists: [&[u32]; INDEX_DEPTH + 1] = [&[]; INDEX_DEPTH + 1];
+        lists[0] = &self.index.entries;
+        let mut n = 1;
+        let mut node = &self.index;
+        for seg in path.get(1..).unwrap_or("").split('/').take(INDEX_DEPTH) {
+            match node.children.get(seg) {
+                Some(next) => {
+                    node = next;
+                    lists[n] = &node.entries;
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        (lists, n)
     }
 
     pub fn len(&self) -> usize {
@@ -186,7 +266,24 @@ impl<T> Router<T> {
         headers: &HeaderMap,
     ) -> Result<Match<'a, T>, Miss> {
         let mut method_miss: Option<(Arc<str>, Vec<&Method>)> = None;
-        for e in &self.entries {
+        // The candidate entries in sorted order: a merge of the visited
+        // nodes' ascending lists.
+        let (lists, n) = self.visited(path);
+        let mut cursors = [0usize; INDEX_DEPTH + 1];
+        let candidates = std::iter::from_fn(|| {
+            let mut best: Option<(usize, u32)> = None;
+            for (k, list) in lists[..n].iter().enumerate() {
+                if let Some(&i) = list.get(cursors[k])
+                    && best.is_none_or(|(_, b)| i < b)
+                {
+                    best = Some((k, i));
+                }
+            }
+            let (k, i) = best?;
+            cursors[k] += 1;
+            Some(i as usize)
+        });
+        for e in candidates.map(|i| &self.entries[i]) {
             if let Some(h) = &e.host
                 && !h.matches(host)
             {
@@ -292,6 +389,9 @@ pub fn request_host(uri: &http::Uri, headers: &HeaderMap) -> String {
 /// Whether a path contains a dot segment (`.` or `..`, also percent-encoded),
 /// which upstreams may resolve differently from the router.
 pub fn has_dot_segment(path: &str) -> bool {
+    if !path.bytes().any(|c| c == b'.' || c == b'%') {
+        return false;
+    }
     path.split('/').any(|seg| {
         let lower = seg.to_ascii_lowercase();
         let decoded = lower.replace("%2e", ".");
@@ -331,6 +431,66 @@ mod tests {
         let m = Method::from_bytes(method.as_bytes()).expect("method");
         r.find(&m, host, path, &HeaderMap::new())
             .map(|m| (&*m.route.name, m.rest))
+    }
+
+    /// The index must give the answer a scan of every entry gives.
+    #[test]
+    fn the_segment_index_agrees_with_a_full_scan() {
+        let routes = vec![
+            route("root-exact", &[], &["=/"], &[]),
+            route("slash-prefix", &[], &["/v1/"], &[]),
+            route("v1", &[], &["/v1"], &[]),
+            route("leading-param", &[], &["/{tenant}/orders"], &[]),
+            route("deep", &[], &["=/v1/a/b/c/d/e"], &[]),
+            route("deep-prefix", &[], &["/v1/a/b/c/d"], &[]),
+            route("tpl", &[], &["/v1/{x}/items"], &[]),
+            route("post-only", &[], &["/v1/a"], &["POST"]),
+            route("hosted", &["api.example.com"], &["/v1/a"], &[]),
+            route("catch-all", &[], &[], &["GET"]),
+        ];
+        let r = Router::new(routes);
+        let scan = |method: &str, host: &str, path: &str| -> Option<String> {
+            let m = Method::from_bytes(method.as_bytes()).expect("method");
+            r.entries
+                .iter()
+                .find(|e| {
+                    e.host.as_ref().is_none_or(|h| h.matches(host))
+                        && e.path
+                            .as_ref()
+                            .is_none_or(|p| match_path(p, path).is_some())
+                        && {
+                            let rt = &r.routes[e.route];
+                            rt.methods.is_empty() || rt.methods.contains(&m)
+                        }
+                })
+                .map(|e| r.routes[e.route].name.to_string())
+        };
+        for path in [
+            "/",
+            "/v1",
+            "/v1/",
+            "/v1/a",
+            "/v1/a/b/c/d",
+            "/v1/a/b/c/d/e",
+            "/v1/a/b/c/d/e/f",
+            "/v1/z/items",
+            "/acme/orders",
+            "/v2",
+            "/v1/a/x",
+        ] {
+            for (method, host) in [("GET", "x"), ("POST", "x"), ("GET", "api.example.com")] {
+                let got = find(&r, method, host, path).ok().map(|(n, _)| n.to_owned());
+                assert_eq!(got, scan(method, host, path), "{method} {host}{path}");
+            }
+        }
+        assert_eq!(
+            find(&r, "GET", "x", "/v1/a/b/c/d/e").map(|m| m.0),
+            Ok("deep")
+        );
+        assert_eq!(
+            find(&r, "GET", "x", "/acme/orders").map(|m| m.0),
+            Ok("leading-param")
+        );
     }
 
     #[test]
