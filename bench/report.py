@@ -175,7 +175,7 @@ def report(results, meta_path):
         + (
             f"Latency: {lat}, open loop at fixed rates ({meta.get('rate_fractions', '?')} × nginx proxy_pass's max"
             + (", each capped at the same fraction of oha's own max against the upstream" if lat == "oha" else "")
-            + f"), -c{meta.get('connections')}, {meta.get('lat_duration')} each"
+            + f"), -c{meta.get('lat_connections', meta.get('connections'))}, {meta.get('lat_duration')} each"
             + (", corrected for coordinated omission." if lat == "oha" else ".")
             if lat != "none"
             else "Latency: skipped."

@@ -17,7 +17,8 @@ REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
 DURATION="${DURATION:-10s}"          # each throughput measurement (wrk -d)
 WARMUP="${WARMUP:-2s}"               # wrk warm-up before each throughput measurement
 ROUNDS="${ROUNDS:-1}"                # alternating rounds; the report shows medians
-CONNECTIONS="${CONNECTIONS:-32}"     # wrk -c and oha -c
+CONNECTIONS="${CONNECTIONS:-32}"     # wrk -c (throughput) and oha -c for oha's own max
+LAT_CONNECTIONS="${LAT_CONNECTIONS:-128}" # oha -c / wrk2 -c for the fixed-rate latency runs
 WRK_THREADS="${WRK_THREADS:-1}"      # wrk -t
 WORKERS="${WORKERS:-1 2}"            # worker counts to measure (nginx worker_processes, Tollgate threads)
 LAT_DURATION="${LAT_DURATION:-10s}"  # each fixed-rate latency measurement
@@ -450,7 +451,7 @@ latency() {
     local parsed t0 t1
     case "$LAT_TOOL" in
         oha)
-            local args=(-c "$CONNECTIONS" -q "$rate" --latency-correction -w --no-tui "${OHA_JSON[@]}"
+            local args=(-c "$LAT_CONNECTIONS" -q "$rate" --latency-correction -w --no-tui "${OHA_JSON[@]}"
                 "${hdrs[@]+"${hdrs[@]}"}" "$url")
             timeout "$lim_w" "${PRIO[@]+"${PRIO[@]}"}" taskset -c "$LOAD_CPUS" "$OHA" -z "$LAT_WARMUP" "${args[@]}" >/dev/null 2>&1 || true
             t0="$(cpu_ticks "${MEASURE_PIDS[@]}")"
@@ -461,7 +462,7 @@ latency() {
                 die "could not parse $out.json"
             ;;
         wrk2)
-            local args=(-t"$WRK_THREADS" -c"$CONNECTIONS" -R"$rate" --latency "${hdrs[@]+"${hdrs[@]}"}" "$url")
+            local args=(-t"$WRK_THREADS" -c"$LAT_CONNECTIONS" -R"$rate" --latency "${hdrs[@]+"${hdrs[@]}"}" "$url")
             timeout "$lim_w" "${PRIO[@]+"${PRIO[@]}"}" taskset -c "$LOAD_CPUS" wrk2 -d"$LAT_WARMUP" "${args[@]}" >/dev/null 2>&1 || true
             t0="$(cpu_ticks "${MEASURE_PIDS[@]}")"
             timeout "$lim" "${PRIO[@]+"${PRIO[@]}"}" taskset -c "$LOAD_CPUS" wrk2 -d"$LAT_DURATION" "${args[@]}" >"$out.txt" 2>&1 ||
@@ -650,6 +651,7 @@ main() {
         echo "warmup=$WARMUP"
         echo "rounds=$ROUNDS"
         echo "connections=$CONNECTIONS"
+        echo "lat_connections=$LAT_CONNECTIONS"
         echo "wrk_threads=$WRK_THREADS"
         echo "lat_tool=${LAT_TOOL:-none}"
         echo "lat_duration=$LAT_DURATION"
