@@ -26,8 +26,8 @@ pub(crate) fn spawn(svc: Arc<ServiceRt>, cfg: ActiveHealthCheck, stop: Cancellat
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                let uri = format!("http://{}{}", target.authority, cfg.path);
-                let Ok(req) = Request::get(uri)
+                let Ok(req) = Request::get(cfg.path.as_str())
+                    .header(header::HOST, target.host_header.clone())
                     .header(header::USER_AGENT, "tollgate-health-check")
                     .body(UpstreamBody::empty())
                 else {

@@ -675,9 +675,9 @@ async fn send(svc: &ServiceRt, mut ex: Exchange) -> Result<Sent, ProxyError> {
             Some(h) => headers.insert(header::HOST, h.clone()),
             None => headers.insert(header::HOST, target.host_header.clone()),
         };
+        // Origin form (`/path?query`): the target is the connection, the
+        // authority travels in `Host`.
         let uri = Uri::builder()
-            .scheme("http")
-            .authority(target.authority.clone())
             .path_and_query(ex.path_and_query.as_str())
             .build()
             .map_err(|e| {

@@ -392,14 +392,20 @@ async fn keep_alive_reuses_upstream_connections() {
 /// An upstream that answers one request per connection and then closes it
 /// without saying so (no `Connection: close`), as a server whose keep-alive
 /// timeout is shorter than the gateway's does.
-async fn one_shot_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+async fn one_shot_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    tokio::task::JoinHandle<()>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let (lines, rx) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            let lines = lines.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 1024];
@@ -409,18 +415,20 @@ async fn one_shot_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<(
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                 }
+                let head = String::from_utf8_lossy(&buf);
+                let _ = lines.send(head.lines().next().unwrap_or("").to_owned());
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                     .await;
             });
         }
     });
-    (addr, task)
+    (addr, rx, task)
 }
 
 #[tokio::test]
 async fn a_pooled_connection_the_upstream_closed_is_not_reused() {
-    let (addr, task) = one_shot_upstream().await;
+    let (addr, mut lines, task) = one_shot_upstream().await;
     // No retries: a request sent on a dead connection would fail.
     let gw = TestGateway::start(&service(
         json!([{"target": addr.to_string()}]),
@@ -432,6 +440,11 @@ async fn a_pooled_connection_the_upstream_closed_is_not_reused() {
         let r = c.get(&gw.url("/x")).await;
         assert_eq!(r.status, 200, "request {i}: {:?}", r.body);
         assert_eq!(&r.body[..], b"ok");
+        // The request target is in origin form, as upstreams expect.
+        let line = within("request line", lines.recv())
+            .await
+            .expect("request line");
+        assert_eq!(line, "GET /x HTTP/1.1");
     }
     task.abort();
 }

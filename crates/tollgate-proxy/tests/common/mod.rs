@@ -56,14 +56,13 @@ pub const MIB: usize = 1024 * 1024;
 /// that the upstream received every byte, in order.
 pub async fn upload(gw: &TestGateway, chunks: usize) -> Echo {
     let chunk = pattern(MIB);
-    let r = client()
-        .request(
-            "POST",
-            &gw.url("/upload"),
-            &[],
-            streamed(chunk.clone(), chunks),
-        )
-        .await;
+    let req = Request::post(gw.url("/upload"))
+        .body(streamed(chunk.clone(), chunks))
+        .expect("request");
+    // The answer comes after the whole body: allow 50 ms per MiB (20 MiB/s,
+    // a debug build on a loaded machine) on top of the usual deadline.
+    let deadline = DEADLINE + Duration::from_millis(50) * chunks as u32;
+    let r = client().send_within(req, deadline).await;
     let e = r.echo();
     assert_eq!(
         e.body_len(),
@@ -409,10 +408,17 @@ pub fn client() -> Client {
 
 impl Client {
     pub async fn send(&self, req: Request<Body>) -> Reply {
+        self.send_within(req, DEADLINE).await
+    }
+
+    /// [`Client::send`] with a deadline for the response head other than
+    /// [`DEADLINE`] (an upload's head comes after its whole body).
+    pub async fn send_within(&self, req: Request<Body>, deadline: Duration) -> Reply {
         let what = format!("{} {}", req.method(), req.uri());
-        let res = within(&what, self.0.request(req))
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        let res = match tokio::time::timeout(deadline, self.0.request(req)).await {
+            Ok(res) => res.unwrap_or_else(|e| panic!("{what}: {e:?}")),
+            Err(_) => panic!("timed out after {deadline:?}: {what}"),
+        };
         Reply::read(res).await
     }
 
