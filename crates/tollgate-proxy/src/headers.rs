@@ -174,7 +174,7 @@ pub struct Peer {
     /// The address alone: `X-Forwarded-For`'s element.
     for_value: HeaderValue,
     /// `for=<node>;proto=<proto>`: `Forwarded`'s element without a host.
-    element: String,
+    element: HeaderValue,
     /// The `Forwarded` value for the last `Host` seen on this connection.
     last: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
 }
@@ -190,7 +190,8 @@ impl Peer {
         Peer {
             proto,
             for_value: HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("unknown")),
-            element,
+            element: HeaderValue::from_str(&element)
+                .unwrap_or(HeaderValue::from_static("for=unknown")),
             last: std::sync::Mutex::new(None),
         }
     }
@@ -199,7 +200,7 @@ impl Peer {
     fn element_for(&self, host: Option<&HeaderValue>) -> Option<HeaderValue> {
         let host = host.filter(|h| h.as_bytes().iter().all(|c| c.is_ascii_graphic()));
         let Some(h) = host else {
-            return HeaderValue::from_str(&self.element).ok();
+            return Some(self.element.clone());
         };
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((seen, value)) = &*last
@@ -207,11 +208,11 @@ impl Peer {
         {
             return Some(value.clone());
         }
-        let mut s = String::with_capacity(self.element.len() + h.len() + 8);
-        s.push_str(&self.element);
-        s.push_str(";host=\"");
-        s.push_str(h.to_str().ok()?);
-        s.push('"');
+        let mut s = Vec::with_capacity(self.element.len() + h.len() + 8);
+        s.extend_from_slice(self.element.as_bytes());
+        s.extend_from_slice(b";host=\"");
+        s.extend_from_slice(h.as_bytes());
+        s.push(b'"');
         let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()?;
         *last = Some((h.clone(), value.clone()));
         Some(value)
@@ -353,6 +354,23 @@ mod tests {
             h[&FORWARDED],
             "for=203.0.113.9;proto=http;host=\"api.example.com\""
         );
+    }
+
+    /// A connection's `Forwarded` value is reused for the same `Host` and
+    /// remade when the `Host` changes.
+    #[test]
+    fn forwarded_follows_the_host_of_each_request_on_a_connection() {
+        let peer = Peer::new("203.0.113.9".parse().expect("ip"), "https");
+        for host in ["a.example", "a.example", "b.example", "a.example"] {
+            let mut h = HeaderMap::new();
+            set_forwarding(&mut h, &peer, false, Some(&HeaderValue::from_static(host)));
+            let want = format!("for=203.0.113.9;proto=https;host=\"{host}\"");
+            assert_eq!(h[&FORWARDED], want.as_str());
+            assert_eq!(h[&X_FORWARDED_HOST], host);
+        }
+        let mut h = HeaderMap::new();
+        set_forwarding(&mut h, &peer, false, None);
+        assert_eq!(h[&FORWARDED], "for=203.0.113.9;proto=https");
     }
 
     #[test]

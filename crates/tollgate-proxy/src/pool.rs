@@ -43,11 +43,8 @@ thread_local! {
 /// Why a request could not be sent.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection could be made; the request was not sent and is handed back.
-    Connect {
-        error: std::io::Error,
-        request: Box<Request<UpstreamBody>>,
-    },
+    /// No connection could be made; the request was not sent.
+    Connect(std::io::Error),
     /// The exchange failed on an open connection.
     Http(hyper::Error),
 }
@@ -124,15 +121,9 @@ pub async fn send(
             },
         }
     }
-    let mut tx = match connect(target, connect_timeout).await {
-        Ok(tx) => tx,
-        Err(error) => {
-            return Err(SendError::Connect {
-                error,
-                request: Box::new(req),
-            });
-        }
-    };
+    let mut tx = connect(target, connect_timeout)
+        .await
+        .map_err(SendError::Connect)?;
     match tx.send_request(req).await {
         Ok(res) => Ok((
             res,

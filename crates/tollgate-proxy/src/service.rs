@@ -714,7 +714,7 @@ async fn send(svc: &ServiceRt, mut ex: Exchange) -> Result<Sent, ProxyError> {
                     wire,
                 });
             }
-            Ok(Err(pool::SendError::Connect { error, .. })) => ProxyError::UpstreamConnect {
+            Ok(Err(pool::SendError::Connect(error))) => ProxyError::UpstreamConnect {
                 target: target.addr.to_string(),
                 source: Box::new(error),
             },

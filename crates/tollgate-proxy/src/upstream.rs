@@ -23,7 +23,6 @@ pub fn now_ms() -> u64 {
 #[derive(Debug)]
 pub struct TargetState {
     pub addr: Arc<str>,
-    pub authority: Authority,
     /// `Host` for requests to this target, made once.
     pub host_header: http::HeaderValue,
     pub weight: AtomicU32,
@@ -40,7 +39,6 @@ impl TargetState {
             .unwrap_or(http::HeaderValue::from_static("localhost"));
         TargetState {
             addr: Arc::from(addr),
-            authority,
             host_header,
             weight: AtomicU32::new(weight),
             in_flight: AtomicUsize::new(0),
