@@ -18,6 +18,7 @@ mod event;
 mod events_file;
 pub mod pipeline;
 pub mod query;
+mod queue;
 mod recorder;
 pub mod rollup;
 pub mod sketch;

@@ -9,13 +9,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::events_file::EventsFile;
-use crate::recorder::{Msg, Recorder};
+use crate::queue::{Msg, QueueRx};
+use crate::recorder::Recorder;
 use crate::rollup::{Aggregator, Rollup, RollupKey};
 
 /// How often the thread looks at the queue when it found it empty.
@@ -56,7 +57,7 @@ pub struct Batch {
 pub fn start(
     settings: PipelineSettings,
 ) -> std::io::Result<(Arc<Recorder>, tokio::sync::mpsc::UnboundedReceiver<Batch>)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue.max(1));
+    let (tx, rx) = crate::queue::bounded(settings.queue);
     let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
     let file = match &settings.events_file {
         Some(f) => Some(EventsFile::open(f.clone())?),
@@ -74,7 +75,7 @@ fn now_ms() -> i64 {
 }
 
 fn run(
-    rx: Receiver<Msg>,
+    rx: QueueRx,
     out: UnboundedSender<Batch>,
     mut file: Option<EventsFile>,
     flush_every: Duration,

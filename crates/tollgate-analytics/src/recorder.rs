@@ -6,12 +6,12 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 
 use tollgate_core::metrics::{self as names, MetricsSource, family, label_value};
 
 use crate::event::{Event, class_label, status_class};
+use crate::queue::{Msg, QueueRx, QueueTx};
 
 /// Upper bounds of the latency histograms' buckets, in seconds.
 pub const BUCKETS_SECONDS: [f64; 14] = [
@@ -83,19 +83,9 @@ impl RouteStats {
     }
 }
 
-/// Messages to the roll-up thread. Events travel by value (no allocation
-/// per request); the rare flush is the small variant.
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Msg {
-    Event(Event),
-    /// Write everything queued before this, then signal.
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
 /// The receiving end of [`Recorder::channel`].
 #[derive(Debug)]
-pub struct EventQueue(std::sync::mpsc::Receiver<Msg>);
+pub struct EventQueue(QueueRx);
 
 impl EventQueue {
     /// The next queued event, if any. Flush requests are acknowledged on the way.
@@ -114,7 +104,7 @@ impl EventQueue {
 /// Counts requests and hands their events to the roll-up.
 #[derive(Debug)]
 pub struct Recorder {
-    queue: Option<SyncSender<Msg>>,
+    queue: Option<QueueTx>,
     enqueued: AtomicU64,
     dropped: AtomicU64,
     routes: RwLock<HashMap<Arc<str>, Arc<RouteStats>>>,
@@ -131,11 +121,11 @@ impl Recorder {
     /// caller to take them ([`EventQueue::try_next`]); for tests and for
     /// consumers other than the roll-up thread.
     pub fn channel(capacity: usize) -> (Arc<Recorder>, EventQueue) {
-        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+        let (tx, rx) = crate::queue::bounded(capacity);
         (Arc::new(Recorder::with_queue(Some(tx))), EventQueue(rx))
     }
 
-    pub(crate) fn with_queue(queue: Option<SyncSender<Msg>>) -> Recorder {
+    pub(crate) fn with_queue(queue: Option<QueueTx>) -> Recorder {
         Recorder {
             queue,
             enqueued: AtomicU64::new(0),
@@ -184,14 +174,10 @@ impl Recorder {
             stats.upstream.observe(us);
         }
         let Some(queue) = &self.queue else { return };
-        match queue.try_send(Msg::Event(event)) {
-            Ok(()) => {
-                self.enqueued.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        match queue.try_send(event) {
+            Ok(()) => self.enqueued.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.dropped.fetch_add(1, Ordering::Relaxed),
+        };
     }
 
     /// Events dropped because the queue was full, so far.
@@ -208,13 +194,11 @@ impl Recorder {
     /// and the roll-up's rows have been handed to (and acknowledged by) the
     /// writer. Resolves at once when analytics is off or its thread is gone.
     pub async fn flush(&self) {
-        let Some(queue) = self.queue.clone() else {
+        let Some(queue) = &self.queue else {
             return;
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        // The queue may be full: wait for room off the async thread.
-        let sent = tokio::task::spawn_blocking(move || queue.send(Msg::Flush(tx)).is_ok()).await;
-        if matches!(sent, Ok(true)) {
+        if queue.flush(tx) {
             let _ = rx.await;
         }
     }

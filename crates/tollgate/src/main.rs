@@ -3,7 +3,11 @@
 use clap::Parser;
 
 /// mimalloc: the proxy allocates small, short-lived buffers per request, and
-/// glibc's allocator costs measurably more there (bench/RESULTS.md).
+/// glibc's allocator costs measurably more there (bench/RESULTS.md). Built
+/// with `no_thp`: mimalloc would otherwise ask for transparent huge pages
+/// for its arenas, and each 2 MiB page counts whole in the resident set
+/// although the heap uses a fraction of it (about 15 MiB more RSS at start,
+/// for no measured speed; bench/RESULTS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tollgate::cli::{Cli, Command, LogFormat};
