@@ -60,6 +60,7 @@ tollgate_scenarios() {
     run_tollgate_scenario "key auth + rate limit" "$BENCH_DIR/scenarios/key-auth-rate-limit.yaml"
     run_tollgate_scenario "full stack" "$BENCH_DIR/scenarios/full-stack.yaml"
     run_tollgate_scenario "full stack on Redis" "$BENCH_DIR/scenarios/full-stack-redis.yaml"
+    run_tollgate_scenario "full stack on synced Redis" "$BENCH_DIR/scenarios/full-stack-redis-synced.yaml"
     # Extra scenarios.
     run_tollgate_scenario "pass-through with analytics" "$BENCH_DIR/scenarios/passthrough-analytics.yaml" extra
     run_tollgate_scenario "rate limit" "$BENCH_DIR/scenarios/rate-limit.yaml" extra

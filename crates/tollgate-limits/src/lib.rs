@@ -3,10 +3,12 @@
 //! - [`algo`]: the rules (GCRA, sliding-window counter, calendar quota,
 //!   concurrency) as pure functions.
 //! - [`Limiter`]: one decision over several limits at once, all-or-nothing,
-//!   in this process ([`local::Local`], the default) or on Redis
+//!   in this process ([`local::Local`], the default), on Redis
 //!   ([`redis::Redis`], for a cluster: one atomic script per decision, on
-//!   the server's clock). It tracks backend incidents (logged once each) and
-//!   counts decisions for `/metrics`.
+//!   the server's clock), or in process and reconciled with Redis in
+//!   batches ([`synced::Synced`]: rates decided without a round trip,
+//!   within one sync interval of exact). It tracks backend incidents
+//!   (logged once each) and counts decisions for `/metrics`.
 //! - [`catalog`]: plans (from configuration) and subscriptions (from the
 //!   store's change feed) in memory, and which subscription a caller uses
 //!   for an API.
@@ -16,6 +18,7 @@ pub mod calendar;
 pub mod catalog;
 pub mod local;
 pub mod redis;
+pub mod synced;
 pub mod testing;
 
 use std::borrow::Cow;
@@ -101,6 +104,7 @@ pub struct Unavailable(pub String);
 enum Backend {
     Local(local::Local),
     Redis(Box<redis::Redis>),
+    Synced(Box<synced::Synced>),
 }
 
 /// After a failure, other decisions fail at once (per the route's failure
@@ -158,6 +162,11 @@ impl Limiter {
         Limiter::with(Backend::Redis(Box::new(r)))
     }
 
+    /// Counters in process, reconciled with Redis by [`Limiter::sync`].
+    pub fn synced(s: synced::Synced) -> Limiter {
+        Limiter::with(Backend::Synced(Box::new(s)))
+    }
+
     fn with(backend: Backend) -> Limiter {
         Limiter {
             backend,
@@ -167,16 +176,49 @@ impl Limiter {
         }
     }
 
-    /// Whether counters are shared between nodes (Redis).
+    /// Whether counters are shared between nodes (Redis, exact or synced).
     pub fn is_shared(&self) -> bool {
-        matches!(self.backend, Backend::Redis(_))
+        !matches!(self.backend, Backend::Local(_))
     }
 
-    /// The in-process backend, when that is the one in use.
+    /// How often [`Limiter::sync`] should run; `None` when it has nothing to do.
+    pub fn sync_every(&self) -> Option<std::time::Duration> {
+        match &self.backend {
+            Backend::Synced(s) => Some(s.every()),
+            _ => None,
+        }
+    }
+
+    /// Reconciles in-process counts with Redis (synced backend; otherwise
+    /// nothing). A failure is counted and logged once per incident, like a
+    /// failed decision; decisions go on in process meanwhile.
+    pub async fn sync(&self, node_now_us: impl Fn() -> i64) {
+        let Backend::Synced(s) = &self.backend else {
+            return;
+        };
+        match s.sync(&node_now_us).await {
+            Ok(_) => {
+                if self.failing.swap(false, Ordering::AcqRel) {
+                    tracing::info!("rate-limit backend (Redis) reachable again");
+                }
+            }
+            Err(e) => {
+                self.counters.backend_errors.fetch_add(1, Ordering::Relaxed);
+                self.retry_at_us
+                    .store(node_now_us() + RETRY_AFTER_FAILURE_US, Ordering::Release);
+                if !self.failing.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(error = %e.0, "rate-limit backend (Redis) unreachable; rates are counted per node until it is back");
+                }
+            }
+        }
+    }
+
+    /// The in-process backend, when that is the one in use (the synced
+    /// backend's counters are Redis's; its monthly quotas are on Redis).
     pub fn as_local(&self) -> Option<&local::Local> {
         match &self.backend {
             Backend::Local(l) => Some(l),
-            Backend::Redis(_) => None,
+            Backend::Redis(_) | Backend::Synced(_) => None,
         }
     }
 
@@ -193,29 +235,11 @@ impl Limiter {
     pub async fn decide(&self, checks: &[Check<'_>], now_us: i64) -> Result<Decision, Unavailable> {
         let d = match &self.backend {
             Backend::Local(l) => l.decide(checks, now_us),
-            Backend::Redis(r) => {
-                if self.failing.load(Ordering::Acquire) && !self.claim_probe(now_us) {
-                    self.counters.backend_errors.fetch_add(1, Ordering::Relaxed);
-                    return Err(Unavailable("Redis is down; retrying shortly".into()));
-                }
-                match r.decide(checks, now_us).await {
-                    Ok(d) => {
-                        if self.failing.swap(false, Ordering::AcqRel) {
-                            tracing::info!("rate-limit backend (Redis) reachable again");
-                        }
-                        d
-                    }
-                    Err(e) => {
-                        self.counters.backend_errors.fetch_add(1, Ordering::Relaxed);
-                        self.retry_at_us
-                            .store(now_us + RETRY_AFTER_FAILURE_US, Ordering::Release);
-                        if !self.failing.swap(true, Ordering::AcqRel) {
-                            tracing::warn!(error = %e.0, "rate-limit backend (Redis) unreachable; routes follow their on_backend_error mode until it is back");
-                        }
-                        return Err(Unavailable(e.0));
-                    }
-                }
-            }
+            Backend::Redis(r) => self.on_redis(r, checks, now_us).await?,
+            Backend::Synced(s) => match s.decide_here(checks, now_us) {
+                Some(d) => d,
+                None => self.on_redis(s.redis(), checks, now_us).await?,
+            },
         };
         let c = if d.allowed {
             &self.counters.allowed
@@ -223,6 +247,37 @@ impl Limiter {
             &self.counters.refused
         };
         c.fetch_add(1, Ordering::Relaxed);
+        Ok(d)
+    }
+
+    /// One decision on Redis, or a fast failure while it is away.
+    async fn on_redis(
+        &self,
+        r: &redis::Redis,
+        checks: &[Check<'_>],
+        now_us: i64,
+    ) -> Result<Decision, Unavailable> {
+        if self.failing.load(Ordering::Acquire) && !self.claim_probe(now_us) {
+            self.counters.backend_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(Unavailable("Redis is down; retrying shortly".into()));
+        }
+        let d = match r.decide(checks, now_us).await {
+            Ok(d) => {
+                if self.failing.swap(false, Ordering::AcqRel) {
+                    tracing::info!("rate-limit backend (Redis) reachable again");
+                }
+                d
+            }
+            Err(e) => {
+                self.counters.backend_errors.fetch_add(1, Ordering::Relaxed);
+                self.retry_at_us
+                    .store(now_us + RETRY_AFTER_FAILURE_US, Ordering::Release);
+                if !self.failing.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(error = %e.0, "rate-limit backend (Redis) unreachable; routes follow their on_backend_error mode until it is back");
+                }
+                return Err(Unavailable(e.0));
+            }
+        };
         Ok(d)
     }
 
@@ -249,6 +304,11 @@ impl Limiter {
         match &self.backend {
             Backend::Local(l) => Ok(l.quota_used(key, start_us)),
             Backend::Redis(r) => r
+                .quota_used(key, start_us)
+                .await
+                .map_err(|e| Unavailable(e.0)),
+            Backend::Synced(s) => s
+                .redis()
                 .quota_used(key, start_us)
                 .await
                 .map_err(|e| Unavailable(e.0)),

@@ -220,6 +220,26 @@ impl Local {
         }
     }
 
+    /// Sets a GCRA counter's theoretical arrival time (the synced backend
+    /// brings in the cluster's count this way).
+    pub(crate) fn set_gcra(&self, key: &str, tat: i64) {
+        let mut shard = self.shards.lock(self.shards.index(key));
+        match shard.map.get_mut(key) {
+            Some(c) => *c = Cell::Gcra { tat },
+            None => {
+                shard.map.insert(key.to_owned(), Cell::Gcra { tat });
+            }
+        }
+    }
+
+    /// A GCRA counter's theoretical arrival time, 0 when it has none.
+    pub(crate) fn gcra_tat(&self, key: &str) -> i64 {
+        match self.shards.lock(self.shards.index(key)).map.get(key) {
+            Some(Cell::Gcra { tat }) => *tat,
+            _ => 0,
+        }
+    }
+
     /// The count of `key`'s month containing `now_us`.
     pub fn quota_used(&self, key: &str, start_us: i64) -> u64 {
         let k = month_key(key, start_us);

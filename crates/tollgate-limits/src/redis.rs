@@ -119,7 +119,7 @@ impl Redis {
     }
 
     /// Runs `op` with the connection, both within the timeout.
-    async fn within_timeout<T, F>(
+    pub(crate) async fn within_timeout<T, F>(
         &self,
         op: impl FnOnce(ConnectionManager) -> F,
     ) -> Result<T, RedisError>
@@ -301,7 +301,7 @@ fn month_key(key: &str, start_us: i64) -> String {
     format!("{key}@{}", start_us / 1000)
 }
 
-fn int(v: &Value) -> Option<i64> {
+pub(crate) fn int(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
         Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),

@@ -394,6 +394,13 @@ pub struct ServeArgs {
     /// route's `on_backend_error` mode applies.
     #[arg(long, env = "TOLLGATE_REDIS_TIMEOUT_MS", default_value_t = 250)]
     pub redis_timeout_ms: u64,
+    /// Milliseconds between syncs of rate counts with Redis; 0 (the default)
+    /// decides every request on Redis, exactly. With N > 0, GCRA rates are
+    /// decided in process and reconciled every N ms: no round trip per
+    /// request, and a cluster may admit what other nodes admitted in one
+    /// interval beyond a limit (docs/rate-limiting.md).
+    #[arg(long, env = "TOLLGATE_REDIS_SYNC_MS", default_value_t = 0)]
+    pub redis_sync_ms: u64,
     /// Milliseconds between batched writes of in-process quota counts to the store.
     #[arg(long, env = "TOLLGATE_USAGE_FLUSH_MS", default_value_t = 1_000)]
     pub usage_flush_ms: u64,

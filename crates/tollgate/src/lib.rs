@@ -318,6 +318,13 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         shutdown.clone(),
     )));
 
+    if let Some(every) = limiter.sync_every() {
+        tasks.push(tokio::spawn(traffic::sync_limits(
+            limiter.clone(),
+            every,
+            shutdown.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(traffic::flush_quotas(
         store.clone(),
         limiter.clone(),

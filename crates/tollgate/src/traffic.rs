@@ -11,6 +11,7 @@ use tollgate_admin::usage::{QuotaUsage, UsageReader};
 use tollgate_core::ids::SubscriptionId;
 use tollgate_limits::catalog::{MONTHLY_QUOTA, SubscriptionEntry};
 use tollgate_limits::redis::{Redis, RedisOptions};
+use tollgate_limits::synced::Synced;
 use tollgate_limits::{Limiter, calendar};
 use tollgate_store::{Store, SubscriptionGrant, UsageDelta};
 
@@ -27,8 +28,20 @@ pub fn limiter(args: &ServeArgs) -> anyhow::Result<Arc<Limiter>> {
                 url: url.clone(),
                 timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
             })?;
-            tracing::info!(redis = %crate::redact(url), "rate-limit counters on Redis");
-            Limiter::redis(redis)
+            if args.redis_sync_ms > 0 {
+                tracing::info!(
+                    redis = %crate::redact(url),
+                    sync_ms = args.redis_sync_ms,
+                    "rate-limit counters in process, synced with Redis"
+                );
+                Limiter::synced(Synced::new(
+                    redis,
+                    Duration::from_millis(args.redis_sync_ms),
+                ))
+            } else {
+                tracing::info!(redis = %crate::redact(url), "rate-limit counters on Redis");
+                Limiter::redis(redis)
+            }
         }
         None => Limiter::local(),
     }))
@@ -75,6 +88,22 @@ pub async fn seed_quotas(store: &Store, limiter: &Limiter) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// Reconciles the synced limiter's counts with Redis every `every`, and a
+/// last time at shutdown so the cluster keeps what this node admitted.
+pub async fn sync_limits(limiter: Arc<Limiter>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => limiter.sync(now_us).await,
+            _ = shutdown.cancelled() => {
+                limiter.sync(now_us).await;
+                return;
+            }
+        }
+    }
 }
 
 /// Writes in-process quota counts to the store every `every`, and once
