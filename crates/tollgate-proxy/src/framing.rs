@@ -250,9 +250,14 @@ impl<IO> FramingIo<IO> {
         if raw.starts_with(b"PRI * HTTP/2.0") {
             return State::Off;
         }
-        let mut headers = [httparse::EMPTY_HEADER; 256];
-        let mut req = httparse::Request::new(&mut headers);
-        if !matches!(req.parse(raw), Ok(httparse::Status::Complete(_))) {
+        // Left uninitialised: zeroing 256 fields (8 KiB) per request cost
+        // more than the parse itself.
+        let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 256];
+        let mut req = httparse::Request::new(&mut []);
+        if !matches!(
+            req.parse_with_uninit_headers(raw, &mut headers),
+            Ok(httparse::Status::Complete(_))
+        ) {
             return State::Off;
         }
         let idx = self.heads;

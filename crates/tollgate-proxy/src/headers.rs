@@ -248,22 +248,28 @@ pub fn set_forwarding(
             let fwd = joined(&FORWARDED, headers, e.as_bytes()).unwrap_or(e);
             headers.insert(&FORWARDED, fwd);
         }
+        // What a trusted proxy said about the scheme and host stands.
+        headers
+            .entry(&X_FORWARDED_PROTO)
+            .or_insert_with(|| HeaderValue::from_static(peer.proto));
+        if let Some(h) = host {
+            headers
+                .entry(&X_FORWARDED_HOST)
+                .or_insert_with(|| h.clone());
+        }
     } else {
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(&X_FORWARDED_HOST);
+        // Anything the client said is replaced (an insert drops every
+        // earlier value of the name).
         headers.insert(&X_FORWARDED_FOR, peer.for_value.clone());
         match element {
             Some(e) => headers.insert(&FORWARDED, e),
             None => headers.remove(&FORWARDED),
         };
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(peer.proto));
-    }
-    if !headers.contains_key(&X_FORWARDED_HOST)
-        && let Some(h) = host
-    {
-        headers.insert(&X_FORWARDED_HOST, h.clone());
+        match host {
+            Some(h) => headers.insert(&X_FORWARDED_HOST, h.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
     }
 }
 
