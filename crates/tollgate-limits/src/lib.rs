@@ -197,19 +197,30 @@ impl Limiter {
             return;
         };
         match s.sync(&node_now_us).await {
-            Ok(_) => {
-                if self.failing.swap(false, Ordering::AcqRel) {
-                    tracing::info!("rate-limit backend (Redis) reachable again");
-                }
-            }
-            Err(e) => {
-                self.counters.backend_errors.fetch_add(1, Ordering::Relaxed);
-                self.retry_at_us
-                    .store(node_now_us() + RETRY_AFTER_FAILURE_US, Ordering::Release);
-                if !self.failing.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(error = %e.0, "rate-limit backend (Redis) unreachable; rates are counted per node until it is back");
-                }
-            }
+            Ok(_) => self.backend_answered(),
+            Err(e) => self.backend_failed(
+                node_now_us(),
+                &e.0,
+                "rates are counted per node until it is back",
+            ),
+        }
+    }
+
+    /// Redis answered: ends an incident, if one was on.
+    fn backend_answered(&self) {
+        if self.failing.swap(false, Ordering::AcqRel) {
+            tracing::info!("rate-limit backend (Redis) reachable again");
+        }
+    }
+
+    /// Redis failed: counted, the next attempt put off, and the start of an
+    /// incident logged once, with what happens meanwhile.
+    fn backend_failed(&self, now_us: i64, error: &str, meanwhile: &str) {
+        self.counters.backend_errors.fetch_add(1, Ordering::Relaxed);
+        self.retry_at_us
+            .store(now_us + RETRY_AFTER_FAILURE_US, Ordering::Release);
+        if !self.failing.swap(true, Ordering::AcqRel) {
+            tracing::warn!(error = %error, "rate-limit backend (Redis) unreachable; {meanwhile}");
         }
     }
 
@@ -261,24 +272,20 @@ impl Limiter {
             self.counters.backend_errors.fetch_add(1, Ordering::Relaxed);
             return Err(Unavailable("Redis is down; retrying shortly".into()));
         }
-        let d = match r.decide(checks, now_us).await {
+        match r.decide(checks, now_us).await {
             Ok(d) => {
-                if self.failing.swap(false, Ordering::AcqRel) {
-                    tracing::info!("rate-limit backend (Redis) reachable again");
-                }
-                d
+                self.backend_answered();
+                Ok(d)
             }
             Err(e) => {
-                self.counters.backend_errors.fetch_add(1, Ordering::Relaxed);
-                self.retry_at_us
-                    .store(now_us + RETRY_AFTER_FAILURE_US, Ordering::Release);
-                if !self.failing.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(error = %e.0, "rate-limit backend (Redis) unreachable; routes follow their on_backend_error mode until it is back");
-                }
-                return Err(Unavailable(e.0));
+                self.backend_failed(
+                    now_us,
+                    &e.0,
+                    "routes follow their on_backend_error mode until it is back",
+                );
+                Err(Unavailable(e.0))
             }
-        };
-        Ok(d)
+        }
     }
 
     /// While the backend is failing: whether this decision is the one that

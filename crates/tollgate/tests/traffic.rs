@@ -205,24 +205,32 @@ async fn two_nodes_on_redis_admit_exactly_the_quota_and_the_route_limit() {
     stop_node(b).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_outage_follows_each_routes_mode_and_recovers() {
-    let Some(mut redis) = RedisServer::on_free_port() else {
-        return;
-    };
-    redis.start();
+/// A node on SQLite in a fresh directory (kept while the guard lives) with
+/// its limiter on `redis`, a 200 ms Redis timeout and `extra` arguments.
+async fn node_on_private_redis(redis: &RedisServer, extra: &[&str]) -> (TempDirGuard, Running) {
     let dir = TempDirGuard::new().expect("temp dir");
     let data = dir.path().to_str().unwrap().to_owned();
     let url = redis.url();
-    let n = node(&[
+    let mut args = vec![
         "--data-dir",
         &data,
         "--redis-url",
         &url,
         "--redis-timeout-ms",
         "200",
-    ])
-    .await;
+    ];
+    args.extend_from_slice(extra);
+    let n = node(&args).await;
+    (dir, n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_follows_each_routes_mode_and_recovers() {
+    let Some(mut redis) = RedisServer::on_free_port() else {
+        return;
+    };
+    redis.start();
+    let (_dir, n) = node_on_private_redis(&redis, &[]).await;
     let up = Upstream::start("outage").await;
     let limit = |mode: &str| {
         json!([{"name": "rate_limit", "config": {"on_backend_error": mode,
@@ -295,20 +303,8 @@ async fn a_synced_node_limits_rates_through_a_redis_outage_and_syncs_after_it() 
         return;
     };
     redis.start();
-    let dir = TempDirGuard::new().expect("temp dir");
-    let data = dir.path().to_str().unwrap().to_owned();
     let url = redis.url();
-    let n = node(&[
-        "--data-dir",
-        &data,
-        "--redis-url",
-        &url,
-        "--redis-timeout-ms",
-        "200",
-        "--redis-sync-ms",
-        "20",
-    ])
-    .await;
+    let (_dir, n) = node_on_private_redis(&redis, &["--redis-sync-ms", "20"]).await;
     let up = Upstream::start("synced").await;
     put_config(
         &n,
