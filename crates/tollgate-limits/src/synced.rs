@@ -12,11 +12,11 @@
 //!   a decision that has one of them is made on Redis, as by
 //!   [`crate::redis::Redis`].
 //!
-//! What a cluster may admit beyond a limit: what the other nodes admitted
-//! during one sync interval that this node had not yet heard of, and for a
-//! key new to a node, up to one burst before its first sync. The keys and
-//! values are those of the exact backend, so nodes of both kinds can share
-//! one Redis.
+//! What a cluster may admit beyond a limit: a node decides on the cluster's
+//! count as of its last sync of a key, so until its next sync it may admit
+//! up to one burst (and at most one interval's traffic) that the others
+//! already used. The keys and values are those of the exact backend, so
+//! nodes of both kinds can share one Redis.
 //!
 //! While Redis is away, decisions go on in process (each node then limits
 //! on its own), the admitted counts are kept, and the next sync that gets

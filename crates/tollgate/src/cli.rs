@@ -397,8 +397,8 @@ pub struct ServeArgs {
     /// Milliseconds between syncs of rate counts with Redis; 0 (the default)
     /// decides every request on Redis, exactly. With N > 0, GCRA rates are
     /// decided in process and reconciled every N ms: no round trip per
-    /// request, and a cluster may admit what other nodes admitted in one
-    /// interval beyond a limit (docs/rate-limiting.md).
+    /// request, and a cluster can go over a limit by about one interval's
+    /// traffic per node (docs/rate-limiting.md).
     #[arg(long, env = "TOLLGATE_REDIS_SYNC_MS", default_value_t = 0)]
     pub redis_sync_ms: u64,
     /// Milliseconds between batched writes of in-process quota counts to the store.
