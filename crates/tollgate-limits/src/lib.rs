@@ -6,8 +6,9 @@
 //!   in this process ([`local::Local`], the default), on Redis
 //!   ([`redis::Redis`], for a cluster: one atomic script per decision, on
 //!   the server's clock), or in process and reconciled with Redis in
-//!   batches ([`synced::Synced`]: rates decided without a round trip,
-//!   within one sync interval of exact). It tracks backend incidents
+//!   batches ([`synced::Synced`]: rates decided without a round trip; a
+//!   cluster can go over a limit by about one sync interval's traffic per
+//!   node). It tracks backend incidents
 //!   (logged once each) and counts decisions for `/metrics`.
 //! - [`catalog`]: plans (from configuration) and subscriptions (from the
 //!   store's change feed) in memory, and which subscription a caller uses

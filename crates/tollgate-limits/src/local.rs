@@ -232,14 +232,6 @@ impl Local {
         }
     }
 
-    /// A GCRA counter's theoretical arrival time, 0 when it has none.
-    pub(crate) fn gcra_tat(&self, key: &str) -> i64 {
-        match self.shards.lock(self.shards.index(key)).map.get(key) {
-            Some(Cell::Gcra { tat }) => *tat,
-            _ => 0,
-        }
-    }
-
     /// The count of `key`'s month containing `now_us`.
     pub fn quota_used(&self, key: &str, start_us: i64) -> u64 {
         let k = month_key(key, start_us);

@@ -197,9 +197,4 @@ impl Synced {
                 .or_insert(*p);
         }
     }
-
-    /// A counter's theoretical arrival time in process (tests).
-    pub fn local_tat(&self, key: &str) -> i64 {
-        self.local.gcra_tat(key)
-    }
 }

@@ -10,6 +10,7 @@
 //! - Redis away: rates are still decided (per node), the failed sync is
 //!   counted, and the counts it held are added by the next sync.
 //! - Limits other than rates are still decided on Redis.
+//! - A sync of more keys than one script call takes reaches all of them.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -25,7 +26,15 @@ const HOUR: i64 = 3600 * SECOND_US;
 
 /// A synced node; tests call `sync` themselves, so the interval is moot.
 fn synced_node(url: &str) -> Limiter {
-    Limiter::synced(Synced::new(redis(url), Duration::from_secs(3600)))
+    Limiter::synced(synced(url, Duration::from_secs(5)))
+}
+
+/// The synced backend itself, giving up on Redis after `timeout`.
+fn synced(url: &str, timeout: Duration) -> Synced {
+    Synced::new(
+        tollgate_limits::redis::Redis::new(&options(url, timeout)).unwrap(),
+        Duration::from_secs(3600),
+    )
 }
 
 /// 50 requests an hour: once spent, the next passes only after 72 s.
@@ -153,10 +162,7 @@ async fn while_redis_is_away_rates_are_decided_and_the_counts_wait_for_the_next_
     };
     server.start();
     let url = server.url();
-    let node = Limiter::synced(Synced::new(
-        tollgate_limits::redis::Redis::new(&options(&url, Duration::from_millis(300))).unwrap(),
-        Duration::from_secs(3600),
-    ));
+    let node = Limiter::synced(synced(&url, Duration::from_millis(300)));
     let checks = rate("synced-away");
     assert!(decide_once(&node, &checks).await);
     node.sync(wall_us).await;
@@ -196,14 +202,7 @@ async fn while_redis_is_away_rates_are_decided_and_the_counts_wait_for_the_next_
 #[tokio::test]
 async fn limits_other_than_rates_are_decided_on_redis() {
     // Nothing listens on this port: only a decision that asks Redis fails.
-    let node = Limiter::synced(Synced::new(
-        tollgate_limits::redis::Redis::new(&options(
-            "redis://127.0.0.1:1/",
-            Duration::from_millis(200),
-        ))
-        .unwrap(),
-        Duration::from_secs(3600),
-    ));
+    let node = Limiter::synced(synced("redis://127.0.0.1:1/", Duration::from_millis(200)));
     let rate = rate("synced-exact");
     assert!(node.decide(&rate, wall_us()).await.unwrap().allowed);
     let window = [Check {
@@ -217,4 +216,36 @@ async fn limits_other_than_rates_are_decided_on_redis() {
     let both = [rate[0].clone(), window[0].clone()];
     assert!(node.decide(&both, wall_us()).await.is_err());
     assert!(node.is_shared());
+}
+
+#[tokio::test]
+async fn a_sync_of_more_keys_than_one_script_call_takes_reaches_every_key() {
+    let url = require_redis!();
+    let node = synced(&url, Duration::from_secs(5));
+    let tag = subject("synced-many");
+    let keys: Vec<String> = (0..1_500).map(|i| key(&tag, &format!("r{i}"))).collect();
+    for k in &keys {
+        let checks = [Check {
+            key: k.as_str().into(),
+            rule: Rule::gcra(1, HOUR, None),
+        }];
+        assert!(node.decide_here(&checks, wall_us()).unwrap().allowed);
+    }
+    // 1,500 keys: two script calls of at most 1,000.
+    assert_eq!(node.sync(wall_us).await.unwrap(), 1_500);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut exists = redis::cmd("EXISTS");
+    for k in &keys {
+        exists.arg(k);
+    }
+    let n: usize = exists.query_async(&mut conn).await.unwrap();
+    assert_eq!(n, 1_500, "every key's admission reached Redis");
+    // Each key's single allowance stays spent after the sync.
+    let checks = [Check {
+        key: keys[1_200].as_str().into(),
+        rule: Rule::gcra(1, HOUR, None),
+    }];
+    assert!(!node.decide_here(&checks, wall_us()).unwrap().allowed);
+    assert_eq!(node.sync(wall_us).await.unwrap(), 1, "only the refused key");
 }

@@ -389,6 +389,61 @@ async fn a_synced_node_limits_rates_through_a_redis_outage_and_syncs_after_it() 
     stop_node(n).await;
 }
 
+/// A synced node's last counts reach Redis when it shuts down, even when
+/// its next periodic sync is far off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synced_node_hands_its_counts_to_redis_at_shutdown() {
+    let Some(mut redis) = RedisServer::on_free_port() else {
+        return;
+    };
+    redis.start();
+    // An hour between syncs: only the one at start (with nothing to add)
+    // and the one at shutdown happen during the test.
+    let (_dir, n) = node_on_private_redis(&redis, &["--redis-sync-ms", "3600000"]).await;
+    let up = Upstream::start("synced-shutdown").await;
+    put_config(
+        &n,
+        &json!({"services": [{"name": "api", "url": up.url(), "routes": [
+            {"name": "limited", "paths": ["/limited"], "strip_path": false, "policies": [
+                {"name": "rate_limit", "config": {
+                    "limits": [{"requests": 30, "per": "1h", "by": "route"}]}}]},
+        ]}]}),
+    )
+    .await;
+    let proxy = proxy_of(&n);
+    eventually(DEADLINE, "the route", || async {
+        routed(proxy, "/limited").await.then_some(())
+    })
+    .await;
+    for _ in 0..9 {
+        let r = get(&format!("http://{proxy}/limited")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    let client = redis::Client::open(redis.url().as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let before: Vec<String> = redis::cmd("KEYS")
+        .arg("tg:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(before.is_empty(), "synced before shutdown: {before:?}");
+
+    stop_node(n).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tg:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // 10 requests at 2 min each.
+    assert!(ttl_ms > 1_190_000 && ttl_ms <= 1_200_000, "{ttl_ms} ms");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_process_quota_survives_a_restart() {
     let dir = TempDirGuard::new().expect("temp dir");
