@@ -294,6 +294,28 @@ async fn a_redis_outage_follows_each_routes_mode_and_recovers() {
     stop_node(n).await;
 }
 
+/// The rate-limit counters in the Redis at `url`, each with its time to
+/// live in milliseconds.
+async fn limit_counters(url: &str) -> Vec<(String, i64)> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tg:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for k in keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        out.push((k, ttl));
+    }
+    out
+}
+
 /// `--redis-sync-ms`: rates are decided in the node and synced to Redis in
 /// the background; a Redis outage leaves them counted (no `on_backend_error`)
 /// and the sync loop reports it, and the counts reach Redis once it is back.
@@ -370,19 +392,9 @@ async fn a_synced_node_limits_rates_through_a_redis_outage_and_syncs_after_it() 
             .then_some(())
     })
     .await;
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("tg:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    let ttl_ms: i64 = redis::cmd("PTTL")
-        .arg(&keys[0])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let counters = limit_counters(&url).await;
+    assert_eq!(counters.len(), 1, "{counters:?}");
+    let ttl_ms = counters[0].1;
     // 29 or 30 requests at 2 min each (`routed`'s one may have reached the
     // first server): the allowance is whole again in about an hour.
     assert!(ttl_ms > 3_400_000 && ttl_ms <= 3_600_000, "{ttl_ms} ms");
@@ -419,27 +431,13 @@ async fn a_synced_node_hands_its_counts_to_redis_at_shutdown() {
         let r = get(&format!("http://{proxy}/limited")).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     }
-    let client = redis::Client::open(redis.url().as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let before: Vec<String> = redis::cmd("KEYS")
-        .arg("tg:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let before = limit_counters(&redis.url()).await;
     assert!(before.is_empty(), "synced before shutdown: {before:?}");
 
     stop_node(n).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("tg:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    let ttl_ms: i64 = redis::cmd("PTTL")
-        .arg(&keys[0])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let counters = limit_counters(&redis.url()).await;
+    assert_eq!(counters.len(), 1, "{counters:?}");
+    let ttl_ms = counters[0].1;
     // 10 requests at 2 min each.
     assert!(ttl_ms > 1_190_000 && ttl_ms <= 1_200_000, "{ttl_ms} ms");
 }
