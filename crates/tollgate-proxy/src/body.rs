@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::client::ResponseBody;
 use crate::upstream::{InFlight, now_ms};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -241,12 +242,12 @@ pub enum ProxyBody {
     Upstream(Box<UpstreamResponse>),
 }
 
-/// An upstream response body in flight.
+/// An upstream response body in flight. The body holds its upstream
+/// connection, and gives it back to the pool when it has been read to the
+/// end (or closes it, dropped before that).
 #[derive(Debug)]
 pub struct UpstreamResponse {
-    pub inner: Incoming,
-    /// The upstream connection, back to the pool if the body was read to the end.
-    pub conn: Option<crate::pool::Conn>,
+    pub inner: ResponseBody,
     pub idle: Duration,
     pub idle_timer: Option<Pin<Box<Sleep>>>,
     pub deadline: Option<Pin<Box<Sleep>>>,
@@ -272,13 +273,6 @@ impl Drop for UpstreamResponse {
     fn drop(&mut self) {
         if let Some(r) = self.recording.take() {
             r.finish(self.sent);
-        }
-        // A body not read to its end leaves the connection unusable: hyper
-        // closes it when the body is dropped.
-        if let Some(conn) = self.conn.take()
-            && self.inner.is_end_stream()
-        {
-            conn.release();
         }
     }
 }
@@ -315,8 +309,7 @@ impl ProxyBody {
         ProxyBody::Full(None)
     }
     pub fn upstream(
-        inner: Incoming,
-        conn: crate::pool::Conn,
+        inner: ResponseBody,
         idle: Duration,
         deadline: Option<Instant>,
         guard: InFlight,
@@ -324,7 +317,6 @@ impl ProxyBody {
     ) -> Self {
         ProxyBody::Upstream(Box::new(UpstreamResponse {
             inner,
-            conn: Some(conn),
             idle,
             idle_timer: None,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),

@@ -3,11 +3,13 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http::{Request, header};
+use http::Method;
+use http::header::{self, HeaderMap, HeaderValue};
 use tokio_util::sync::CancellationToken;
 use tollgate_core::config::ActiveHealthCheck;
 
 use crate::body::UpstreamBody;
+use crate::client::RequestHead;
 use crate::snapshot::ServiceRt;
 
 /// Starts one probe loop per target of `svc`, until `stop` is cancelled.
@@ -19,6 +21,11 @@ pub(crate) fn spawn(svc: Arc<ServiceRt>, cfg: ActiveHealthCheck, stop: Cancellat
         tokio::spawn(async move {
             let mut successes = 0u32;
             let mut failures = 0u32;
+            let mut probe_headers = HeaderMap::new();
+            probe_headers.insert(
+                header::USER_AGENT,
+                HeaderValue::from_static("tollgate-health-check"),
+            );
             let mut tick = tokio::time::interval(cfg.interval.get());
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -26,20 +33,22 @@ pub(crate) fn spawn(svc: Arc<ServiceRt>, cfg: ActiveHealthCheck, stop: Cancellat
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                let Ok(req) = Request::get(cfg.path.as_str())
-                    .header(header::HOST, target.host_header.clone())
-                    .header(header::USER_AGENT, "tollgate-health-check")
-                    .body(UpstreamBody::empty())
-                else {
+                if !crate::client::clean_target(&cfg.path) {
+                    tracing::warn!(service = %svc.name, path = %cfg.path, "health-check path cannot be sent; not probing");
                     return;
+                }
+                let head = RequestHead {
+                    method: &Method::GET,
+                    target: &cfg.path,
+                    host: &target.host_header,
+                    headers: &probe_headers,
                 };
+                let mut body = UpstreamBody::empty();
                 // Each probe makes its own connection (closed after it), so
                 // a probe also tests that the target accepts connections.
-                let probe = crate::pool::send(&target.addr, svc.connect_timeout, req);
+                let probe = crate::pool::probe(&target.addr, svc.connect_timeout, &head, &mut body);
                 let ok = match tokio::time::timeout(cfg.timeout.get(), probe).await {
-                    Ok(Ok((res, _conn))) => {
-                        res.status().is_success() || res.status().is_redirection()
-                    }
+                    Ok(Ok(res)) => res.status().is_success() || res.status().is_redirection(),
                     _ => false,
                 };
                 // A probe that finished after a reload must not overwrite the

@@ -15,6 +15,7 @@
 //! configuration revision as metrics too.
 
 pub mod body;
+pub mod client;
 pub mod error;
 mod framing;
 pub mod headers;

@@ -1,30 +1,29 @@
-//! Upstream connections: one keep-alive pool per worker thread, on hyper's
-//! HTTP/1.1 client connections.
+//! Upstream connections: one keep-alive pool per worker thread, of the
+//! inline HTTP/1.1 client connections in [`crate::client`].
 //!
 //! Each worker is a single-threaded runtime, so its pool is a plain
 //! thread-local map with no lock and no cross-thread hand-off: a request
 //! takes an idle connection of its own thread, and its response body puts
 //! the connection back when the body has been read to the end (see
-//! [`Conn`]). A connection whose body ends early, or which switched
-//! protocols, is closed instead. This replaces hyper-util's general-purpose
-//! pool, whose checkout, locking and per-request background task cost about
-//! a tenth of the gateway's CPU per request (see bench/RESULTS.md).
+//! [`ResponseBody`]). A connection whose body ends early, which switched
+//! protocols, or whose upstream asked to close it, is closed instead.
 //!
-//! A pooled connection the upstream has just closed may fail a request
-//! before it was written; hyper then hands the request back, and it is sent
-//! on another (or a new) connection without counting as an attempt.
+//! Before a pooled connection is reused, it is checked for anything the
+//! upstream sent while it was idle (its FIN, typically: a keep-alive timeout
+//! shorter than the gateway's). A connection the upstream closed just as
+//! the request went out fails without an answer; a request that cannot have
+//! been acted on (see [`crate::client::Failed`]) is then sent again on
+//! another connection, without counting as an attempt.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::Response;
 
 use crate::body::UpstreamBody;
+use crate::client::{ClientError, Connection, RequestHead, ResponseBody};
 
 /// Idle connections kept per target and worker thread.
 const MAX_IDLE_PER_TARGET: usize = 1024;
@@ -32,7 +31,7 @@ const MAX_IDLE_PER_TARGET: usize = 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 struct Idle {
-    tx: SendRequest<UpstreamBody>,
+    conn: Connection,
     since: Instant,
 }
 
@@ -46,124 +45,101 @@ pub enum SendError {
     /// No connection could be made; the request was not sent.
     Connect(std::io::Error),
     /// The exchange failed on an open connection.
-    Http(hyper::Error),
+    Exchange(ClientError),
 }
 
-/// A connection in use: the response body holds it, and gives it back to
-/// its thread's pool with [`Conn::release`] once the body has ended.
-#[derive(Debug)]
-pub struct Conn {
-    tx: SendRequest<UpstreamBody>,
-    target: Arc<str>,
-}
-
-impl Conn {
-    /// Puts the connection back for the next request to `target`. Call only
-    /// once the response has been read to its end; hyper takes the next
-    /// request only then (a connection not yet ready is awaited at checkout).
-    pub fn release(self) {
-        if self.tx.is_closed() {
-            return;
+/// Puts a connection whose response ended back for the next request to its
+/// target on this thread.
+pub(crate) fn release(conn: Connection) {
+    let now = Instant::now();
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.entry(conn.target().clone()).or_default();
+        if list.len() >= MAX_IDLE_PER_TARGET {
+            list.retain(|c| now.duration_since(c.since) < IDLE_TIMEOUT);
         }
-        let now = Instant::now();
-        IDLE.with(|idle| {
-            let mut idle = idle.borrow_mut();
-            let list = idle.entry(self.target).or_default();
-            list.retain(|c| now.duration_since(c.since) < IDLE_TIMEOUT && !c.tx.is_closed());
-            if list.len() < MAX_IDLE_PER_TARGET {
-                list.push(Idle {
-                    tx: self.tx,
-                    since: now,
-                });
-            }
-        });
-    }
+        if list.len() < MAX_IDLE_PER_TARGET {
+            list.push(Idle { conn, since: now });
+        }
+    });
 }
 
-/// The most recently used idle connection to `target` on this thread.
-fn checkout(target: &str) -> Option<SendRequest<UpstreamBody>> {
+/// The most recently used idle connection to `target` on this thread that
+/// is still open.
+fn checkout(target: &str) -> Option<Connection> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(target)?;
         let now = Instant::now();
-        while let Some(c) = list.pop() {
-            if !c.tx.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT {
-                return Some(c.tx);
+        while let Some(mut c) = list.pop() {
+            if now.duration_since(c.since) < IDLE_TIMEOUT && c.conn.is_idle_and_open() {
+                return Some(c.conn);
             }
         }
         None
     })
 }
 
-/// Sends `req` to `target` (`host:port`) on an idle connection of this
-/// thread, or a new one made within `connect_timeout`.
+/// Sends a request to `target` (`host:port`) on an idle connection of this
+/// thread, or a new one made within `connect_timeout`, and returns the
+/// response head with its body still on the connection.
 pub async fn send(
     target: &Arc<str>,
     connect_timeout: Duration,
-    mut req: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, Conn), SendError> {
-    while let Some(mut tx) = checkout(target) {
-        if tx.ready().await.is_err() {
-            continue;
-        }
-        match tx.try_send_request(req).await {
-            Ok(res) => {
-                let conn = Conn {
-                    tx,
-                    target: target.clone(),
-                };
-                return Ok((res, conn));
-            }
-            Err(mut e) => match e.take_message() {
-                // Not written: the connection closed under it. Try another.
-                Some(back) => req = back,
-                None => return Err(SendError::Http(e.into_error())),
-            },
+    head: &RequestHead<'_>,
+    body: &mut UpstreamBody,
+) -> Result<Response<ResponseBody>, SendError> {
+    while let Some(conn) = checkout(target) {
+        match conn.exchange(head, body).await {
+            Ok(res) => return Ok(res),
+            // The upstream had closed it; the request cannot have been acted on.
+            Err(failed) if failed.resendable => continue,
+            Err(failed) => return Err(SendError::Exchange(failed.error)),
         }
     }
-    let mut tx = connect(target, connect_timeout)
+    let conn = connect(target, connect_timeout)
         .await
         .map_err(SendError::Connect)?;
-    match tx.send_request(req).await {
-        Ok(res) => Ok((
-            res,
-            Conn {
-                tx,
-                target: target.clone(),
-            },
-        )),
-        Err(e) => Err(SendError::Http(e)),
-    }
+    conn.exchange(head, body)
+        .await
+        .map_err(|failed| SendError::Exchange(failed.error))
 }
 
-async fn connect(
-    target: &str,
-    connect_timeout: Duration,
-) -> std::io::Result<SendRequest<UpstreamBody>> {
-    let stream =
-        match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(target)).await {
-            Ok(s) => s?,
-            Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "no connection within the connect timeout ({} ms)",
-                        connect_timeout.as_millis()
-                    ),
-                ));
-            }
-        };
-    stream.set_nodelay(true)?;
-    let (tx, conn) = http1::Builder::new()
-        // Small heads and bodies go out in one flat write rather than writev.
-        .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
+async fn connect(target: &Arc<str>, connect_timeout: Duration) -> std::io::Result<Connection> {
+    let stream = match tokio::time::timeout(
+        connect_timeout,
+        tokio::net::TcpStream::connect(&**target),
+    )
+    .await
+    {
+        Ok(s) => s?,
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no connection within the connect timeout ({} ms)",
+                    connect_timeout.as_millis()
+                ),
+            ));
         }
-    });
-    Ok(tx)
+    };
+    stream.set_nodelay(true)?;
+    Ok(Connection::new(stream, target.clone()))
+}
+
+/// Sends a request on a connection of its own, closed after it: a health
+/// probe, which so also checks that the target accepts connections.
+pub async fn probe(
+    target: &Arc<str>,
+    connect_timeout: Duration,
+    head: &RequestHead<'_>,
+    body: &mut UpstreamBody,
+) -> Result<Response<ResponseBody>, SendError> {
+    let conn = connect(target, connect_timeout)
+        .await
+        .map_err(SendError::Connect)?
+        .single_use();
+    conn.exchange(head, body)
+        .await
+        .map_err(|failed| SendError::Exchange(failed.error))
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
@@ -15,6 +15,7 @@ use tollgate_policies::{LogSummary, Reply, RequestCtx};
 use tollgate_telemetry::{RequestTrace, SpanHandle, SpanKind, attr, span_name};
 
 use crate::body::{ProxyBody, Recording, ReplayableBody, TripWire, Tripped};
+use crate::client::{RequestHead, ResponseBody};
 use crate::error::ProxyError;
 use crate::framing::{Refusal, Verdicts};
 use crate::headers::{self, X_REQUEST_ID};
@@ -252,6 +253,12 @@ async fn proxy(
         path_and_query.push('?');
         path_and_query.push_str(q);
     }
+    if !crate::client::clean_target(&path_and_query) {
+        return Err(ProxyError::BadRequest(format!(
+            "cannot forward the request target `{}`",
+            short(&path_and_query)
+        )));
+    }
     let client_upgrade = if parts.version == Version::HTTP_11 {
         headers::strip_hop_by_hop(&mut parts.headers)
     } else {
@@ -319,8 +326,7 @@ async fn proxy(
     };
     let sent = send(svc, exchange).await;
     let Sent {
-        res: mut upstream_res,
-        conn: upstream_conn,
+        res: upstream_res,
         guard,
         deadline,
         latency: upstream_latency,
@@ -343,15 +349,15 @@ async fn proxy(
     }
     trace.end_span(upstream_span);
 
-    let upstream_upgrade = (upstream_res.status() == StatusCode::SWITCHING_PROTOCOLS)
-        .then(|| hyper::upgrade::on(&mut upstream_res));
     let (mut res_parts, res_body) = upstream_res.into_parts();
     // The client's connection has its own protocol version; the upstream's is hop-by-hop.
     res_parts.version = client_version;
     let target = guard.0.addr.clone();
-    let upgraded = upstream_upgrade.is_some();
-    let body = if let Some(upstream_side) = upstream_upgrade {
-        let Some(client_side) = on_client_upgrade else {
+    let upgraded = res_parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    let body = if upgraded {
+        let (Some(client_side), Some((upstream_side, early))) =
+            (on_client_upgrade, res_body.into_upgraded())
+        else {
             return Ok(finish_error(
                 &rec,
                 &mut ctx,
@@ -362,8 +368,7 @@ async fn proxy(
                 trace,
             ));
         };
-        drop(res_body);
-        tokio::spawn(tunnel(client_side, upstream_side, guard));
+        tokio::spawn(tunnel(client_side, upstream_side, early, guard));
         let upgrade = res_parts.headers.get(header::UPGRADE).cloned();
         headers::strip_hop_by_hop(&mut res_parts.headers);
         if let Some(u) = upgrade {
@@ -375,14 +380,7 @@ async fn proxy(
         ProxyBody::empty()
     } else {
         headers::strip_hop_by_hop(&mut res_parts.headers);
-        ProxyBody::upstream(
-            res_body,
-            upstream_conn,
-            svc.read_timeout,
-            deadline,
-            guard,
-            None,
-        )
+        ProxyBody::upstream(res_body, svc.read_timeout, deadline, guard, None)
     };
     let phase = trace.start_span(span_name::RESPONSE, SpanKind::Internal);
     rt.chain.response(&mut ctx, &mut res_parts);
@@ -454,23 +452,24 @@ impl Rec<'_> {
     }
 }
 
+/// Carries bytes both ways between the client's upgraded connection and
+/// the upstream's, starting with what the upstream sent right behind its 101.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    mut upstream: tokio::net::TcpStream,
+    early: bytes::Bytes,
     guard: InFlight,
 ) {
-    let (c, u) = tokio::join!(client, upstream);
-    match (c, u) {
-        (Ok(c), Ok(u)) => {
+    use tokio::io::AsyncWriteExt;
+    match client.await {
+        Ok(c) => {
             let mut c = TokioIo::new(c);
-            let mut u = TokioIo::new(u);
-            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+            if !early.is_empty() && c.write_all(&early).await.is_err() {
+                return;
+            }
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut upstream).await;
         }
-        (c, u) => tracing::debug!(
-            client_ok = c.is_ok(),
-            upstream_ok = u.is_ok(),
-            "upgrade failed"
-        ),
+        Err(e) => tracing::debug!(error = %e, "client upgrade failed"),
     }
     drop(guard);
 }
@@ -624,9 +623,8 @@ async fn await_head<F: std::future::Future>(
 
 /// An upstream's response head and what its body needs.
 struct Sent {
-    res: Response<Incoming>,
-    /// The connection, back to the pool when the body has been read.
-    conn: pool::Conn,
+    /// The head; the body holds the connection until it has been read.
+    res: Response<ResponseBody>,
     guard: InFlight,
     deadline: Option<Instant>,
     latency: Duration,
@@ -636,7 +634,7 @@ struct Sent {
 /// Sends the exchange to a target, retrying on another target when that is
 /// safe: the request never reached an upstream (connect failure) or it is
 /// idempotent and its body was never read, and the retry budget allows it.
-async fn send(svc: &ServiceRt, mut ex: Exchange) -> Result<Sent, ProxyError> {
+async fn send(svc: &ServiceRt, ex: Exchange) -> Result<Sent, ProxyError> {
     let started = Instant::now();
     let deadline = svc.total_timeout.map(|t| started + t);
     let admit = match &svc.breaker {
@@ -666,39 +664,23 @@ async fn send(svc: &ServiceRt, mut ex: Exchange) -> Result<Sent, ProxyError> {
         let target = svc.balancer.targets[idx].clone();
         let guard = InFlight::new(target.clone());
         let may_retry = retried < svc.retries;
-        let mut headers = if may_retry {
-            ex.headers.clone()
-        } else {
-            std::mem::take(&mut ex.headers)
+        let head = RequestHead {
+            method: &ex.method,
+            target: &ex.path_and_query,
+            host: ex.host.as_ref().unwrap_or(&target.host_header),
+            headers: &ex.headers,
         };
-        match &ex.host {
-            Some(h) => headers.insert(header::HOST, h.clone()),
-            None => headers.insert(header::HOST, target.host_header.clone()),
-        };
-        // Origin form (`/path?query`): the target is the connection, the
-        // authority travels in `Host`.
-        let uri = Uri::builder()
-            .path_and_query(ex.path_and_query.as_str())
-            .build()
-            .map_err(|e| {
-                ProxyError::BadRequest(format!("cannot forward this request target: {e}"))
-            })?;
         let wire = Arc::new(TripWire::default());
-        let mut req = Request::new(ex.body.attempt(ex.body_limit, ex.body_idle, wire.clone()));
-        *req.method_mut() = ex.method.clone();
-        *req.uri_mut() = uri;
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = headers;
-
+        let mut body = ex.body.attempt(ex.body_limit, ex.body_idle, wire.clone());
         let outcome = await_head(
-            pool::send(&target.addr, svc.connect_timeout, req),
+            pool::send(&target.addr, svc.connect_timeout, &head, &mut body),
             &wire,
             svc.read_timeout,
             deadline,
         )
         .await;
         let err = match outcome {
-            Ok(Ok((res, conn))) => {
+            Ok(Ok(res)) => {
                 let ok = !res.status().is_server_error();
                 target.record(ok, svc.passive.as_ref());
                 if let Some(cfg) = &svc.breaker {
@@ -707,7 +689,6 @@ async fn send(svc: &ServiceRt, mut ex: Exchange) -> Result<Sent, ProxyError> {
                 }
                 return Ok(Sent {
                     res,
-                    conn,
                     guard,
                     deadline,
                     latency: started.elapsed(),
@@ -718,7 +699,7 @@ async fn send(svc: &ServiceRt, mut ex: Exchange) -> Result<Sent, ProxyError> {
                 target: target.addr.to_string(),
                 source: Box::new(error),
             },
-            Ok(Err(pool::SendError::Http(e))) => match wire.get() {
+            Ok(Err(pool::SendError::Exchange(e))) => match wire.get() {
                 Tripped::TooLarge => {
                     return Err(ProxyError::PayloadTooLarge {
                         limit: ex.body_limit.unwrap_or(0),
