@@ -27,6 +27,11 @@
 //! - interim 1xx responses other than 101 are read and skipped; a 101 hands
 //!   the raw connection, with any bytes already read, to the caller.
 //!
+//! The response's hop-by-hop fields (RFC 9110 section 7.6.1: `Connection`,
+//! the fields it names, `Keep-Alive`, `Transfer-Encoding` and the rest) belong
+//! to this connection and are dropped while the head is parsed, except in a
+//! 101, whose `Upgrade` the tunnel needs.
+//!
 //! A connection is reused only after a complete response that did not ask
 //! to close it, when the request body was sent in full and nothing
 //! follows the response on the wire.
@@ -404,6 +409,10 @@ impl Connection {
         let mut close = version == Version::HTTP_10;
         let mut length: Option<u64> = None;
         let mut transfer: Option<bool> = None;
+        // The upstream connection's own fields are not passed on (a 101
+        // keeps them: the tunnel needs its `Upgrade`).
+        let keep_hop_by_hop = status == StatusCode::SWITCHING_PROTOCOLS;
+        let mut listed: Vec<HeaderName> = Vec::new();
         for (name, (start, end)) in spans {
             let value = HeaderValue::from_maybe_shared(raw.slice(start..end))
                 .map_err(|_| ClientError::Invalid("invalid header value"))?;
@@ -414,6 +423,8 @@ impl Connection {
                         close = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
                         close = false;
+                    } else if let Ok(named) = HeaderName::from_bytes(token) {
+                        listed.push(named);
                     }
                 }
             } else if name == header::CONTENT_LENGTH {
@@ -435,7 +446,14 @@ impl Connection {
                     .unwrap_or_default();
                 transfer = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
-            headers.append(name, value);
+            if keep_hop_by_hop || !crate::headers::is_hop_by_hop(&name) {
+                headers.append(name, value);
+            }
+        }
+        if !keep_hop_by_hop {
+            for name in listed {
+                headers.remove(name);
+            }
         }
         if transfer.is_some() && length.is_some() {
             // RFC 9112 section 6.3: Transfer-Encoding overrides, and the

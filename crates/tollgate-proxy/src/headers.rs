@@ -26,6 +26,21 @@ const HOP_BY_HOP: [&HeaderName; 7] = [
     &header::UPGRADE,
 ];
 
+/// Whether `name` is one of the always hop-by-hop fields.
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_index(name).is_some()
+}
+
+/// The position of `name` in [`HOP_BY_HOP`]. Most names are ruled out by
+/// their length alone, without comparing them with all seven.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let s = name.as_str();
+    match s.len() {
+        2 | 7 | 10 | 16 | 17 => HOP_BY_HOP.iter().position(|h| h.as_str() == s),
+        _ => None,
+    }
+}
+
 /// Removes hop-by-hop headers: the fixed list and every field named in
 /// `Connection`. Returns the `Upgrade` value when the message asked to
 /// upgrade, so the caller can re-add it for a tunnel.
@@ -35,7 +50,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     // hashes it.
     let mut present = 0u8;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+        if let Some(i) = hop_by_hop_index(name) {
             present |= 1 << i;
         }
     }
@@ -276,6 +291,18 @@ pub fn set_forwarding(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_hop_by_hop_name_passes_the_length_filter() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&header::ACCEPT), None);
+        assert_eq!(
+            hop_by_hop_index(&HeaderName::from_static("x-upgrade")),
+            None
+        );
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

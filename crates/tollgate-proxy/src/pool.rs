@@ -35,8 +35,12 @@ struct Idle {
     since: Instant,
 }
 
+/// Idle connections by target. Keyed with foldhash: SipHash on the target's
+/// address was about 1.4% of a pass-through request's instructions.
+type IdleMap = HashMap<Arc<str>, Vec<Idle>, foldhash::fast::RandomState>;
+
 thread_local! {
-    static IDLE: RefCell<HashMap<Arc<str>, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<IdleMap> = RefCell::new(IdleMap::default());
 }
 
 /// Why a request could not be sent.
