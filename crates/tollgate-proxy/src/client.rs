@@ -198,7 +198,14 @@ impl Connection {
         *written = true;
         let body_done = match framing {
             ReqFraming::None => true,
-            _ => self.send_body(body, framing).await?,
+            _ => match self.send_body(body, framing).await {
+                Ok(done) => done,
+                // An upstream that answers early and closes without reading
+                // the rest (a 413, say) resets the connection under the
+                // upload; its answer may already be waiting to be read.
+                Err(ClientError::Io(e)) if is_reset(&e) => false,
+                Err(e) => return Err(e),
+            },
         };
         let head_only = *head.method == Method::HEAD;
         loop {
@@ -352,7 +359,7 @@ impl Connection {
             }
             let before = self.buf.len();
             self.buf.reserve(READ_RESERVE);
-            let n = std::future::poll_fn(|cx| read_into(&self.io, &mut self.buf, cx)).await?;
+            let n = std::future::poll_fn(|cx| read_into(&mut self.io, &mut self.buf, cx)).await?;
             if n == 0 {
                 return Err(if before == 0 {
                     ClientError::Closed
@@ -557,14 +564,17 @@ fn encode_head(out: &mut Vec<u8>, head: &RequestHead<'_>, body: &UpstreamBody) -
 }
 
 /// Reads what the socket has into the free space of `buf`.
-fn read_into(io: &TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    loop {
-        std::task::ready!(io.poll_read_ready(cx))?;
-        match io.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            other => return Poll::Ready(other),
-        }
-    }
+///
+/// Through tokio's `AsyncRead`, which clears the socket's cached readiness
+/// after a read that did not fill the buffer (the socket is drained). The
+/// pool's check of an idle connection ([`Connection::is_idle_and_open`])
+/// then costs no system call unless something arrived since.
+fn read_into(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
 fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -690,7 +700,7 @@ impl ResponseBody {
 
     fn poll_read(conn: &mut Connection, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         conn.buf.reserve(READ_RESERVE);
-        read_into(&conn.io, &mut conn.buf, cx)
+        read_into(&mut conn.io, &mut conn.buf, cx)
     }
 
     fn poll_next(
