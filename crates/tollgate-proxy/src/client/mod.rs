@@ -45,12 +45,19 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, UpstreamBody};
+
+mod body;
+mod chunked;
+
+use body::Kind;
+pub use body::ResponseBody;
+use chunked::Chunk;
 
 /// The largest response head (or trailer section) accepted from an upstream.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -323,7 +330,11 @@ impl Connection {
     fn answered_early(&mut self) -> Result<bool, ClientError> {
         self.buf.reserve(READ_RESERVE);
         match self.io.try_read_buf(&mut self.buf) {
-            Ok(0) => return Err(ClientError::Io(io::ErrorKind::ConnectionReset.into())),
+            // Closed: what it sent before, if anything, is its answer.
+            Ok(0) if self.buf.is_empty() => {
+                return Err(ClientError::Io(io::ErrorKind::ConnectionReset.into()));
+            }
+            Ok(0) => return Ok(true),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(e.into()),
@@ -628,365 +639,9 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
     })
 }
 
-/// How the rest of a response body is framed.
-#[derive(Debug)]
-enum Kind {
-    /// This many bytes remain.
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the upstream closes the connection.
-    Eof,
-    /// The connection switched protocols; see [`ResponseBody::into_upgraded`].
-    Upgrade,
-    /// The body ended.
-    Done,
-}
-
-/// Where the chunked decoder is.
-#[derive(Debug)]
-enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside a chunk: this many data bytes remain.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer fields up to an empty line.
-    Trailers,
-}
-
-/// A response body read from the upstream connection as it is polled.
-#[derive(Debug)]
-pub struct ResponseBody {
-    conn: Option<Connection>,
-    kind: Kind,
-    /// Whether the connection may serve another request after this body.
-    reusable: bool,
-}
-
-impl ResponseBody {
-    /// For a 101 response: the connection and any bytes of the new protocol
-    /// already read. `None` for any other response.
-    pub fn into_upgraded(mut self) -> Option<(TcpStream, Bytes)> {
-        if !matches!(self.kind, Kind::Upgrade) {
-            return None;
-        }
-        let conn = self.conn.take()?;
-        Some((conn.io, conn.buf.freeze()))
-    }
-
-    /// The body ended: the connection goes back to its pool (or is closed).
-    fn end(&mut self) {
-        self.kind = Kind::Done;
-        if let Some(conn) = self.conn.take()
-            && self.reusable
-            && conn.buf.is_empty()
-        {
-            crate::pool::release(conn);
-        }
-    }
-
-    /// Body data from the buffer, at most `max` bytes.
-    fn take_data(buf: &mut BytesMut, max: u64) -> Bytes {
-        let n = buf.len().min(usize::try_from(max).unwrap_or(usize::MAX));
-        if n < COPY_BELOW {
-            let data = Bytes::copy_from_slice(&buf[..n]);
-            buf.advance(n);
-            data
-        } else {
-            buf.split_to(n).freeze()
-        }
-    }
-
-    fn poll_read(conn: &mut Connection, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        conn.buf.reserve(READ_RESERVE);
-        read_into(&mut conn.io, &mut conn.buf, cx)
-    }
-
-    fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ClientError>>> {
-        loop {
-            let Some(conn) = self.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match &mut self.kind {
-                Kind::Done | Kind::Upgrade => return Poll::Ready(None),
-                Kind::Length(0) => {
-                    self.end();
-                    return Poll::Ready(None);
-                }
-                Kind::Length(rem) => {
-                    if conn.buf.is_empty() {
-                        match std::task::ready!(Self::poll_read(conn, cx)) {
-                            Ok(0) => return Poll::Ready(Some(Err(ClientError::IncompleteBody))),
-                            Ok(_) => continue,
-                            Err(e) => return Poll::Ready(Some(Err(e.into()))),
-                        }
-                    }
-                    let data = Self::take_data(&mut conn.buf, *rem);
-                    *rem -= data.len() as u64;
-                    if *rem == 0 {
-                        // The last frame: release before the caller sees the end.
-                        self.end();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Kind::Eof => {
-                    if conn.buf.is_empty() {
-                        match std::task::ready!(Self::poll_read(conn, cx)) {
-                            Ok(0) => {
-                                self.end();
-                                return Poll::Ready(None);
-                            }
-                            Ok(_) => continue,
-                            Err(e) => return Poll::Ready(Some(Err(e.into()))),
-                        }
-                    }
-                    let data = Self::take_data(&mut conn.buf, u64::MAX);
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Kind::Chunked(state) => match decode_chunk(&mut conn.buf, state) {
-                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Ok(Decoded::Progress) => continue,
-                    Ok(Decoded::End(trailers)) => {
-                        self.end();
-                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
-                    }
-                    Ok(Decoded::NeedMore) => match std::task::ready!(Self::poll_read(conn, cx)) {
-                        Ok(0) => return Poll::Ready(Some(Err(ClientError::IncompleteBody))),
-                        Ok(_) => continue,
-                        Err(e) => return Poll::Ready(Some(Err(e.into()))),
-                    },
-                    Err(e) => return Poll::Ready(Some(Err(e))),
-                },
-            }
-        }
-    }
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        // A body with nothing left to read (a HEAD or 204 answer, say) still
-        // gives its connection back; one dropped part-way closes it.
-        if matches!(self.kind, Kind::Length(0)) {
-            self.end();
-        }
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = ClientError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ClientError>>> {
-        let this = self.get_mut();
-        let out = this.poll_next(cx);
-        if let Poll::Ready(Some(Err(_))) = &out {
-            this.kind = Kind::Done;
-            this.conn = None;
-        }
-        out
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self.kind, Kind::Done | Kind::Upgrade | Kind::Length(0))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.kind {
-            Kind::Length(n) => SizeHint::with_exact(n),
-            Kind::Done | Kind::Upgrade => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
-    }
-}
-
-/// One step of the chunked decoder.
-enum Decoded {
-    Data(Bytes),
-    /// A size line or a chunk's CRLF was consumed.
-    Progress,
-    /// The last chunk and the trailer section were read.
-    End(Option<HeaderMap>),
-    NeedMore,
-}
-
-fn decode_chunk(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, ClientError> {
-    match state {
-        Chunk::Size => {
-            let Some(nl) = memchr::memchr(b'\n', buf) else {
-                return if buf.len() > MAX_CHUNK_LINE {
-                    Err(ClientError::Chunked("chunk-size line too long"))
-                } else {
-                    Ok(Decoded::NeedMore)
-                };
-            };
-            let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
-            let digits = line
-                .iter()
-                .position(|b| !b.is_ascii_hexdigit())
-                .unwrap_or(line.len());
-            if digits == 0 || digits > 15 {
-                return Err(ClientError::Chunked("invalid chunk size"));
-            }
-            let rest = &line[digits..];
-            if !(rest.is_empty() || matches!(rest.trim_ascii_start().first(), Some(b';'))) {
-                return Err(ClientError::Chunked("invalid chunk size"));
-            }
-            let size = line[..digits]
-                .iter()
-                .fold(0u64, |n, c| (n << 4) | u64::from(hex_value(*c)));
-            buf.advance(nl + 1);
-            *state = if size == 0 {
-                Chunk::Trailers
-            } else {
-                Chunk::Data(size)
-            };
-            Ok(Decoded::Progress)
-        }
-        Chunk::Data(rem) => {
-            if buf.is_empty() {
-                return Ok(Decoded::NeedMore);
-            }
-            let data = ResponseBody::take_data(buf, *rem);
-            *rem -= data.len() as u64;
-            if *rem == 0 {
-                *state = Chunk::DataEnd;
-            }
-            Ok(Decoded::Data(data))
-        }
-        Chunk::DataEnd => {
-            if buf.starts_with(b"\r\n") {
-                buf.advance(2);
-            } else if buf.starts_with(b"\n") {
-                buf.advance(1);
-            } else if buf.len() < 2 {
-                return Ok(Decoded::NeedMore);
-            } else {
-                return Err(ClientError::Chunked("missing CRLF after chunk data"));
-            }
-            *state = Chunk::Size;
-            Ok(Decoded::Progress)
-        }
-        Chunk::Trailers => {
-            if buf.starts_with(b"\r\n") {
-                buf.advance(2);
-                return Ok(Decoded::End(None));
-            }
-            if buf.starts_with(b"\n") {
-                buf.advance(1);
-                return Ok(Decoded::End(None));
-            }
-            let mut fields = [httparse::EMPTY_HEADER; 64];
-            match httparse::parse_headers(buf, &mut fields) {
-                Ok(httparse::Status::Complete((len, parsed))) => {
-                    let mut trailers = HeaderMap::with_capacity(parsed.len());
-                    for f in parsed {
-                        let name = HeaderName::from_bytes(f.name.as_bytes())
-                            .map_err(|_| ClientError::Chunked("invalid trailer name"))?;
-                        let value = HeaderValue::from_bytes(f.value)
-                            .map_err(|_| ClientError::Chunked("invalid trailer value"))?;
-                        trailers.append(name, value);
-                    }
-                    buf.advance(len);
-                    Ok(Decoded::End(Some(trailers)))
-                }
-                Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-                    Err(ClientError::Chunked("trailer section too large"))
-                }
-                Ok(httparse::Status::Partial) => Ok(Decoded::NeedMore),
-                Err(_) => Err(ClientError::Chunked("invalid trailer section")),
-            }
-        }
-    }
-}
-
-fn hex_value(c: u8) -> u8 {
-    match c {
-        b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
-        _ => c - b'A' + 10,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Feeds `wire` to the decoder in pieces of `step` bytes and collects
-    /// the body and the trailers.
-    fn decode_all(wire: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), ClientError> {
-        let mut buf = BytesMut::new();
-        let mut state = Chunk::Size;
-        let mut body = Vec::new();
-        let mut fed = 0;
-        loop {
-            match decode_chunk(&mut buf, &mut state)? {
-                Decoded::Data(d) => body.extend_from_slice(&d),
-                Decoded::Progress => {}
-                Decoded::End(trailers) => {
-                    assert!(buf.is_empty(), "nothing after the message");
-                    return Ok((body, trailers));
-                }
-                Decoded::NeedMore => {
-                    assert!(fed < wire.len(), "decoder wants more than the message");
-                    let end = (fed + step).min(wire.len());
-                    buf.extend_from_slice(&wire[fed..end]);
-                    fed = end;
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn chunked_bodies_decode_whole_in_any_split() {
-        let wire = b"5;name=value\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\n\r\n";
-        for step in [1, 2, 3, 7, wire.len()] {
-            let (body, trailers) = decode_all(wire, step).expect("decodes");
-            assert_eq!(body, b"hello 0123456789", "step {step}");
-            assert!(trailers.is_none());
-        }
-    }
-
-    #[test]
-    fn chunked_trailers_are_returned() {
-        let wire = b"3\r\nabc\r\n0\r\nx-checksum: 42\r\nx-other: a\r\n\r\n";
-        for step in [1, 5, wire.len()] {
-            let (body, trailers) = decode_all(wire, step).expect("decodes");
-            assert_eq!(body, b"abc");
-            let trailers = trailers.expect("trailers");
-            assert_eq!(trailers["x-checksum"], "42");
-            assert_eq!(trailers["x-other"], "a");
-        }
-    }
-
-    #[test]
-    fn bad_chunked_framing_is_an_error() {
-        for wire in [
-            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
-            b"\r\nhello\r\n",
-            b"10000000000000000\r\n",
-            b"5\r\nhelloXY0\r\n\r\n",
-            b"5 junk\r\nhello\r\n0\r\n\r\n",
-        ] {
-            assert!(
-                matches!(decode_all(wire, 4), Err(ClientError::Chunked(_))),
-                "{:?}",
-                String::from_utf8_lossy(wire)
-            );
-        }
-        let long_line = vec![b'1'; MAX_CHUNK_LINE + 10];
-        let mut buf = BytesMut::from(&long_line[..]);
-        assert!(matches!(
-            decode_chunk(&mut buf, &mut Chunk::Size),
-            Err(ClientError::Chunked(_))
-        ));
-    }
 
     fn head_for(
         method: Method,
