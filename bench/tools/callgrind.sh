@@ -24,9 +24,9 @@ TOLLGATE_ADMIN_TOKEN=callgrind-token-0123456789 RUST_LOG=warn \
 PID=$!
 for _ in $(seq 1 300); do curl -sf -o /dev/null localhost:18092/ && break; sleep 0.2; done
 python3 "$HERE/load.py" 18092 500 8 >/dev/null
-callgrind_control -z "$PID" >/dev/null
+callgrind_control -z "$PID" >/dev/null 2>&1
 ok=$(python3 "$HERE/load.py" 18092 3000 8)
-callgrind_control -d "$PID" >/dev/null
+callgrind_control -d "$PID" >/dev/null 2>&1
 sleep 1
 total=$(callgrind_annotate "$OUT.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
 echo "answered 200: $ok of 3000; instructions: $total; per request: $((total / 3000)); file: $OUT.1"
