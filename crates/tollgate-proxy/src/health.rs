@@ -21,6 +21,10 @@ pub(crate) fn spawn(svc: Arc<ServiceRt>, cfg: ActiveHealthCheck, stop: Cancellat
         tokio::spawn(async move {
             let mut successes = 0u32;
             let mut failures = 0u32;
+            if !crate::client::clean_target(&cfg.path) {
+                tracing::warn!(service = %svc.name, path = %cfg.path, "health-check path cannot be sent; not probing");
+                return;
+            }
             let mut probe_headers = HeaderMap::new();
             probe_headers.insert(
                 header::USER_AGENT,
@@ -32,10 +36,6 @@ pub(crate) fn spawn(svc: Arc<ServiceRt>, cfg: ActiveHealthCheck, stop: Cancellat
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
-                }
-                if !crate::client::clean_target(&cfg.path) {
-                    tracing::warn!(service = %svc.name, path = %cfg.path, "health-check path cannot be sent; not probing");
-                    return;
                 }
                 let head = RequestHead {
                     method: &Method::GET,

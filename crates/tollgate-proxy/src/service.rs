@@ -379,7 +379,8 @@ async fn proxy(
         }
         ProxyBody::empty()
     } else {
-        headers::strip_hop_by_hop(&mut res_parts.headers);
+        // The client dropped the upstream connection's hop-by-hop fields
+        // while it parsed the head (client/mod.rs).
         ProxyBody::upstream(res_body, svc.read_timeout, deadline, guard, None)
     };
     let phase = trace.start_span(span_name::RESPONSE, SpanKind::Internal);
@@ -582,13 +583,6 @@ struct Exchange {
     body_idle: Duration,
 }
 
-fn idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
 /// Waits for the upstream's response head. `read_timeout` counts from the
 /// last progress of the request body (its end, for a finished upload), so a
 /// slow client upload is not blamed on the upstream, while an upstream that
@@ -738,7 +732,7 @@ async fn send(svc: &ServiceRt, ex: Exchange) -> Result<Sent, ProxyError> {
         }
         let replayable = ex.body.is_empty() || (err.retry_safe() && ex.body.unread());
         let allowed = err.retry_safe()
-            || (idempotent(&ex.method)
+            || (crate::client::idempotent(&ex.method)
                 && ex.body.is_empty()
                 && !matches!(err, ProxyError::UpstreamTimeout { .. }));
         let in_time = deadline.is_none_or(|d| Instant::now() < d);

@@ -736,3 +736,39 @@ async fn an_early_answer_then_close_during_an_upload_reaches_the_client() {
     assert_reply(&get(&gw.url("/next")).await, 200, b"ok");
     up.expect_conns(&[1, 2]).await;
 }
+
+#[tokio::test]
+async fn a_request_the_upstream_dropped_unanswered_is_resent_only_when_it_is_safe() {
+    // Answers the first request on each connection, then reads the next one
+    // and closes without a word: a keep-alive timeout racing the request.
+    let mut up = RawUpstream::start(|mut c| async move {
+        if c.request().await.is_some() {
+            c.send(OK).await;
+            let _ = c.request().await;
+        }
+    })
+    .await;
+    let gw = gateway(&up).await;
+    let c = client();
+    assert_reply(&c.get(&gw.url("/a")).await, 200, b"ok");
+    // A bodiless GET that got nothing back goes out again on a new
+    // connection, though the service allows no retries.
+    assert_reply(&c.get(&gw.url("/b")).await, 200, b"ok");
+    for (conn, target) in [(1, "/a"), (1, "/b"), (2, "/b")] {
+        let s = up.next_seen().await;
+        assert_eq!((s.conn, s.target.as_str()), (conn, target));
+    }
+    // A POST may have been acted on: it is answered 502, not sent again.
+    let r = c.request("POST", &gw.url("/c"), &[], full("x")).await;
+    assert_eq!(r.problem(502), "upstream_error");
+    let s = up.next_seen().await;
+    assert_eq!(
+        (s.conn, s.method.as_str(), &s.body[..]),
+        (2, "POST", &b"x"[..])
+    );
+    assert_eq!(up.connections(), 2, "no connection opened to resend it");
+    assert!(
+        up.seen.try_recv().is_err(),
+        "the POST reached the upstream once"
+    );
+}

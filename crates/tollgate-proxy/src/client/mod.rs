@@ -607,7 +607,9 @@ pub fn clean_target(target: &str) -> bool {
     !target.is_empty() && target.bytes().all(|b| b > 0x20 && b != 0x7f)
 }
 
-fn idempotent(m: &Method) -> bool {
+/// Whether a method is idempotent (RFC 9110 section 9.2.2): a request that
+/// may be sent again after a failure without changing its effect.
+pub(crate) fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
