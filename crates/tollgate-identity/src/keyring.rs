@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use tollgate_core::identity::KeyEnvironment;
 use tollgate_core::ids::{AppId, KeyId, OrgId};
 
-use crate::apikey::{self, KeyFormatError, KeyHash, Pepper};
+use crate::apikey::{self, KeyFormatError, KeyHash, KeyHashBuild, Pepper};
 
 /// What a key grants, as replicated from the store.
 #[derive(Debug)]
@@ -83,7 +83,7 @@ pub enum KeyRefusal {
 
 #[derive(Default)]
 struct Inner {
-    by_hash: HashMap<KeyHash, Arc<KeyEntry>>,
+    by_hash: HashMap<KeyHash, Arc<KeyEntry>, KeyHashBuild>,
     by_id: HashMap<KeyId, KeyHash>,
 }
 

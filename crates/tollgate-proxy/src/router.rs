@@ -109,7 +109,10 @@ const INDEX_DEPTH: usize = 4;
 #[derive(Debug, Default)]
 struct SegmentNode {
     entries: Vec<u32>,
-    children: std::collections::HashMap<Box<str>, SegmentNode>,
+    /// foldhash, not SipHash: the keys come from the config, and a request
+    /// only looks segments up, so it cannot plant colliding keys; SipHash
+    /// over each segment was the index's largest cost.
+    children: std::collections::HashMap<Box<str>, SegmentNode, foldhash::fast::RandomState>,
 }
 
 impl SegmentNode {
