@@ -5,8 +5,10 @@
 # CPU per request is what a proxy costs, whatever the load generator and the
 # host's noise allowed in that round.
 #
-# usage: ROUNDS=10 DURATION=5s bench/tools/alternate.sh name=PORT [name=PORT ...]
+# usage: ROUNDS=10 DURATION=5s bench/tools/alternate.sh name=PORT[/path] [...]
 # e.g.   bench/tools/alternate.sh nginx=18081 before=18082 after=18084
+# A request header for one server comes from HEADER_<name>, e.g.
+# HEADER_after="X-API-Key: tg_live_…" (the full-stack scenarios need a key).
 # Start each server pinned away from CPU 0 (taskset -c 1), the upstream and
 # this script on CPU 0, as bench/run.sh does at N=1. Only 127.0.0.1 is
 # targeted; each wrk run is bounded by DURATION and a timeout.
@@ -23,12 +25,15 @@ cpu_ticks() { # user and system ticks summed over pids
 printf 'round\tserver\treq/s\tuser_us\tsys_us\tcpu_us\n'
 for r in $(seq 1 "$ROUNDS"); do
     for spec in "$@"; do
-        name=${spec%%=*}; port=${spec#*=}
+        name=${spec%%=*}; target=${spec#*=}; port=${target%%/*}
+        path=/; [[ $target == */* ]] && path=/${target#*/}
+        hvar="HEADER_${name//[^A-Za-z0-9_]/_}"; hdr=()
+        [[ -n ${!hvar:-} ]] && hdr=(-H "${!hvar}")
         mapfile -t pids < <(pids_on "$port")
         [[ ${#pids[@]} -gt 0 ]] || { echo "nothing listens on $port" >&2; exit 1; }
-        timeout 30 taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
+        timeout 30 taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d1s "${hdr[@]+"${hdr[@]}"}" "http://127.0.0.1:$port$path" >/dev/null 2>&1 || true
         read -r u0 s0 < <(cpu_ticks "${pids[@]}")
-        out=$(timeout 120 nice -n -10 taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$port/" 2>&1)
+        out=$(timeout 120 nice -n -10 taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "${hdr[@]+"${hdr[@]}"}" "http://127.0.0.1:$port$path" 2>&1)
         read -r u1 s1 < <(cpu_ticks "${pids[@]}")
         n=$(awk '/requests in/ {print $1}' <<<"$out")
         rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")

@@ -16,6 +16,7 @@
 
 pub mod body;
 pub mod client;
+mod coarse_timer;
 pub mod error;
 mod framing;
 pub mod headers;

@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::coarse_timer::CoarseTimer;
 use crate::framing::{FramingIo, HeadLimits};
 
 /// How much later than the gateway's own header deadline hyper's fires.
@@ -110,10 +111,11 @@ pub async fn serve(listener: Listener, gw: Arc<Gateway>, shutdown: CancellationT
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
         // The framing guard enforces the head limits and deadline with problem
         // answers; hyper's own, set wider, are the backstop (and close idle
-        // keep-alive connections).
+        // keep-alive connections). A backstop that may fire a tick late runs
+        // on the coarse timer, which costs next to nothing per request.
+        .timer(CoarseTimer)
         .header_read_timeout(settings.header_read_timeout + HYPER_SLACK)
         .max_buf_size((settings.max_header_bytes + HeadLimits::SLACK).max(8192))
         .max_headers(256)

@@ -444,6 +444,27 @@ async fn silent_connection_is_disconnected_after_header_read_timeout() {
     }
 }
 
+/// After a request, a keep-alive connection that stays silent is closed by
+/// hyper's header deadline (the gateway's plus a second of slack, kept on
+/// the coarse timer), not held open for ever.
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_the_header_deadline() {
+    let mut s = settings();
+    s.header_read_timeout = Duration::from_millis(300);
+    let (gw, _up) = echo_gateway(s).await;
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.send("GET /x HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert_eq!(raw.response().await.status, 200);
+    let started = Instant::now();
+    raw.closed().await;
+    let took = started.elapsed();
+    // 300 ms + 1 s, give or take a tick of the coarse timer (250 ms).
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+}
+
 #[tokio::test]
 async fn connection_cap_holds_extra_connections_until_one_closes() {
     let mut s = settings();
