@@ -10,6 +10,15 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The request's id: its `X-Request-Id` when that is 1 to 128 of
 /// `A-Z a-z 0-9 - _ . :`, else a new ULID.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    request_id_at(headers, unix_ms)
+}
+
+/// [`request_id`] for a request that arrived at `unix_ms`, which a new ULID
+/// carries as its time: the caller has already read the clock.
+pub fn request_id_at(headers: &HeaderMap, unix_ms: u64) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
         let b = v.as_bytes();
         if !b.is_empty()
@@ -21,7 +30,7 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
         }
     }
     let mut buf = [0u8; ulid::ULID_LEN];
-    let id = ulid::Ulid::new().array_to_str(&mut buf);
+    let id = ulid::Ulid::from_parts(unix_ms, rand::random::<u128>()).array_to_str(&mut buf);
     HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("invalid"))
 }
 
@@ -37,5 +46,17 @@ mod tests {
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
         assert_eq!(request_id(&h).len(), 26);
         assert_eq!(request_id(&HeaderMap::new()).len(), 26);
+    }
+
+    #[test]
+    fn a_new_id_carries_the_arrival_time_and_fresh_randomness() {
+        let at = 1_765_000_000_123;
+        let a = request_id_at(&HeaderMap::new(), at);
+        let b = request_id_at(&HeaderMap::new(), at);
+        let parse =
+            |v: &HeaderValue| ulid::Ulid::from_string(v.to_str().expect("ascii")).expect("a ULID");
+        assert_eq!(parse(&a).timestamp_ms(), at);
+        assert_eq!(parse(&b).timestamp_ms(), at);
+        assert_ne!(a, b, "two ids of the same millisecond differ");
     }
 }

@@ -15,7 +15,6 @@
 //! of those headers are removed by the proxy on every route.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderValue};
 use http::request;
@@ -108,7 +107,7 @@ impl Auth {
         Flow::Reply(reply)
     }
 
-    async fn authenticate(&self, presented: Presented<'_>) -> Result<Caller, String> {
+    async fn authenticate(&self, presented: Presented<'_>, now_ms: i64) -> Result<Caller, String> {
         match presented {
             Presented::Key(key) => {
                 if !self.accepts(CredentialType::ApiKey) {
@@ -117,7 +116,7 @@ impl Auth {
                 let entry = self
                     .authn
                     .keys()
-                    .verify(key, now_ms())
+                    .verify(key, now_ms)
                     .map_err(|e: KeyRefusal| e.to_string())?;
                 if let Some(env) = self.cfg.environment
                     && env != entry.environment
@@ -175,13 +174,6 @@ enum Presented<'a> {
     Token(&'a str),
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// The bearer credential of an `Authorization` header, if it uses that scheme.
 fn bearer(value: &HeaderValue) -> Option<&str> {
     let s = value.to_str().ok()?;
@@ -221,7 +213,7 @@ impl Policy for Auth {
                 (None, None) => return self.missing(ctx),
             }
         };
-        let caller = match self.authenticate(presented).await {
+        let caller = match self.authenticate(presented, ctx.arrival.unix_ms()).await {
             Ok(c) => c,
             Err(why) => return self.invalid(ctx, &why),
         };

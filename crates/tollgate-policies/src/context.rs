@@ -8,6 +8,36 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tollgate_core::problem::{ErrorCode, PROBLEM_JSON, Problem};
 
+/// When a request arrived, read from the clocks once: the monotonic instant
+/// for its latencies, the wall clock for its events, expiry checks, rate
+/// limits and id. Each clock read costs 20–30 ns on a virtual machine, and
+/// the phases of one request used to read them a dozen times.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// The monotonic clock.
+    pub at: Instant,
+    /// The wall clock, microseconds since the Unix epoch.
+    pub unix_us: i64,
+}
+
+impl Arrival {
+    /// Now.
+    pub fn now() -> Arrival {
+        let unix_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        Arrival {
+            at: Instant::now(),
+            unix_us,
+        }
+    }
+
+    /// The wall clock in milliseconds since the Unix epoch.
+    pub fn unix_ms(&self) -> i64 {
+        self.unix_us.div_euclid(1000)
+    }
+}
+
 /// State carried through the phases of one request.
 #[derive(Debug)]
 pub struct RequestCtx {
@@ -22,7 +52,7 @@ pub struct RequestCtx {
     /// The matched route's service name.
     pub service: Arc<str>,
     /// When the gateway received the request head.
-    pub started: Instant,
+    pub arrival: Arrival,
     /// Largest request body allowed, in bytes; the proxy enforces it while streaming.
     pub body_limit: Option<u64>,
     /// The CORS origin to echo on the response, set by the CORS policy.
@@ -40,7 +70,27 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// A context for a request arriving now.
     pub fn new(
+        request_id: HeaderValue,
+        peer_ip: IpAddr,
+        client_ip: IpAddr,
+        route: Arc<str>,
+        service: Arc<str>,
+    ) -> Self {
+        RequestCtx::arrived(
+            Arrival::now(),
+            request_id,
+            peer_ip,
+            client_ip,
+            route,
+            service,
+        )
+    }
+
+    /// A context for a request that arrived at `arrival`.
+    pub fn arrived(
+        arrival: Arrival,
         request_id: HeaderValue,
         peer_ip: IpAddr,
         client_ip: IpAddr,
@@ -53,7 +103,7 @@ impl RequestCtx {
             client_ip,
             route,
             service,
-            started: Instant::now(),
+            arrival,
             body_limit: None,
             cors_origin: None,
             caller: None,

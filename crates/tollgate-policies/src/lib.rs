@@ -28,7 +28,7 @@ mod rate_limit;
 pub use auth::Auth;
 pub use builtin::{Builtin, Cors, HeaderTransformer, IpRestriction, RequestSizeLimit};
 pub use chain::{Chain, ORDER, merge_specs};
-pub use context::{Flow, LogSummary, RateLimitFields, Reply, RequestCtx};
+pub use context::{Arrival, Flow, LogSummary, RateLimitFields, Reply, RequestCtx};
 pub use rate_limit::{Attachment, RATELIMIT, RATELIMIT_POLICY, RateLimit};
 
 /// Shared runtime state that policies need beyond their own configuration.

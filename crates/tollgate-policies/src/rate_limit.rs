@@ -18,7 +18,6 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{request, response};
@@ -324,13 +323,6 @@ fn subject(by: &LimitBy, ctx: &RequestCtx, req: &request::Parts) -> String {
     s
 }
 
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 fn secs_up(us: i64) -> i64 {
     if us <= 0 {
         0
@@ -462,7 +454,7 @@ impl Policy for RateLimit {
         if checks.is_empty() {
             return Flow::Continue;
         }
-        let d = match self.limiter.decide(&checks, now_us()).await {
+        let d = match self.limiter.decide(&checks, ctx.arrival.unix_us).await {
             Ok(d) => d,
             Err(_) => {
                 // The cause is logged by the limiter, once per incident; the

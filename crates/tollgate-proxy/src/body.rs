@@ -38,15 +38,16 @@ pub struct TripWire(AtomicU8, AtomicU64, AtomicU64);
 
 impl Default for TripWire {
     fn default() -> Self {
-        TripWire(
-            AtomicU8::new(0),
-            AtomicU64::new(now_ms()),
-            AtomicU64::new(0),
-        )
+        TripWire::at(now_ms())
     }
 }
 
 impl TripWire {
+    /// A wire whose body last moved at `now_ms` ([`now_ms`]).
+    pub fn at(now_ms: u64) -> TripWire {
+        TripWire(AtomicU8::new(0), AtomicU64::new(now_ms), AtomicU64::new(0))
+    }
+
     /// Request body bytes read from the client so far.
     pub fn bytes(&self) -> u64 {
         self.2.load(Ordering::Relaxed)

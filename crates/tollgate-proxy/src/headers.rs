@@ -113,7 +113,7 @@ pub fn strip_reserved(headers: &mut HeaderMap) {
     }
 }
 
-pub use tollgate_core::request_id::request_id;
+pub use tollgate_core::request_id::{request_id, request_id_at};
 
 /// Whether a `traceparent` value is a well-formed W3C Trace Context header.
 pub fn valid_traceparent(v: &HeaderValue) -> bool {

@@ -70,11 +70,10 @@ pub(crate) fn release(conn: Connection) {
 
 /// The most recently used idle connection to `target` on this thread that
 /// is still open.
-fn checkout(target: &str) -> Option<Connection> {
+fn checkout(target: &str, now: Instant) -> Option<Connection> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(target)?;
-        let now = Instant::now();
         while let Some(mut c) = list.pop() {
             if now.duration_since(c.since) < IDLE_TIMEOUT && c.conn.is_idle_and_open() {
                 return Some(c.conn);
@@ -86,14 +85,16 @@ fn checkout(target: &str) -> Option<Connection> {
 
 /// Sends a request to `target` (`host:port`) on an idle connection of this
 /// thread, or a new one made within `connect_timeout`, and returns the
-/// response head with its body still on the connection.
+/// response head with its body still on the connection. `now` is the time
+/// of the attempt, read by the caller.
 pub async fn send(
     target: &Arc<str>,
     connect_timeout: Duration,
     head: &RequestHead<'_>,
     body: &mut UpstreamBody,
+    now: Instant,
 ) -> Result<Response<ResponseBody>, SendError> {
-    while let Some(conn) = checkout(target) {
+    while let Some(conn) = checkout(target, now) {
         match conn.exchange(head, body).await {
             Ok(res) => return Ok(res),
             // The upstream had closed it; the request cannot have been acted on.

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tollgate_identity::oauth::OAuthServer;
-use tollgate_policies::{LogSummary, Reply, RequestCtx};
+use tollgate_policies::{Arrival, LogSummary, Reply, RequestCtx};
 use tollgate_telemetry::{RequestTrace, SpanHandle, SpanKind, attr, span_name};
 
 use crate::body::{ProxyBody, Recording, ReplayableBody, TripWire, Tripped};
@@ -22,7 +22,7 @@ use crate::headers::{self, X_REQUEST_ID};
 use crate::pool;
 use crate::router::{Miss, has_dot_segment, request_host};
 use crate::snapshot::{Gateway, RouteTarget, ServiceRt};
-use crate::upstream::{Admit, InFlight, TrialGuard, now_ms};
+use crate::upstream::{Admit, InFlight, TrialGuard, ms_at};
 
 /// What the service knows about the client connection.
 #[derive(Debug)]
@@ -45,26 +45,6 @@ impl ConnInfo {
     }
 }
 
-/// When a request arrived: the monotonic instant for its latency, the wall
-/// clock for its analytics event.
-#[derive(Debug, Clone, Copy)]
-struct Arrival {
-    at: std::time::Instant,
-    unix_ms: i64,
-}
-
-impl Arrival {
-    fn now() -> Arrival {
-        let unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        Arrival {
-            at: std::time::Instant::now(),
-            unix_ms,
-        }
-    }
-}
-
 /// Handles one request. Never fails: every error becomes a response here.
 /// Every request is recorded once: routed ones where their response is
 /// made (or, for an upstream's body, where it ends), the rest here.
@@ -74,7 +54,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let arrival = Arrival::now();
-    let request_id = headers::request_id(req.headers());
+    let request_id = headers::request_id_at(req.headers(), arrival.unix_ms() as u64);
     let method = req.method().clone();
     let mut res = match proxy(&gw, &conn, req, &request_id, arrival).await {
         Ok(res) => res,
@@ -106,7 +86,7 @@ fn record_unrouted(
     recorder.record(
         recorder.unrouted(),
         tollgate_analytics::Event {
-            at_ms: arrival.unix_ms,
+            at_ms: arrival.unix_ms(),
             route: None,
             service: None,
             who: tollgate_analytics::Who::Anonymous,
@@ -178,14 +158,14 @@ async fn proxy(
     let peer = conn.peer.ip();
     let trusted_peer = headers::is_trusted(peer, &settings.trusted_proxies);
     let client_ip = headers::client_ip(peer, &parts.headers, &settings.trusted_proxies);
-    let mut ctx = RequestCtx::new(
+    let mut ctx = RequestCtx::arrived(
+        arrival,
         request_id.clone(),
         peer,
         client_ip,
         m.route.name.clone(),
         svc.name.clone(),
     );
-    ctx.started = arrival.at;
     let mut trace = gw
         .tracer()
         .start_request(parts.headers.get(&headers::TRACEPARENT), "");
@@ -210,7 +190,7 @@ async fn proxy(
         gw,
         rt,
         method: parts.method.clone(),
-        unix_ms: arrival.unix_ms,
+        unix_ms: arrival.unix_ms(),
     };
     if let Some(max) = settings.max_body_bytes {
         ctx.limit_body(max);
@@ -447,7 +427,7 @@ impl Rec<'_> {
                 client_ip: ctx.client_ip,
                 request_id: ctx.request_id.clone(),
             },
-            started: ctx.started,
+            started: ctx.arrival.at,
             wire,
         }
     }
@@ -587,26 +567,30 @@ struct Exchange {
 /// last progress of the request body (its end, for a finished upload), so a
 /// slow client upload is not blamed on the upstream, while an upstream that
 /// stops reading the body still times out. `deadline` bounds the whole wait.
+/// `now` is the time the attempt started, already read by the caller.
 async fn await_head<F: std::future::Future>(
     fut: F,
     wire: &TripWire,
     read_timeout: Duration,
     deadline: Option<Instant>,
+    mut now: Instant,
 ) -> Result<F::Output, ()> {
     tokio::pin!(fut);
     let read_ms = read_timeout.as_millis() as u64;
     loop {
         let last = wire.progress_ms();
-        let idle_left = Duration::from_millis((last + read_ms).saturating_sub(now_ms()));
-        let mut wake = Instant::now() + idle_left;
+        let idle_left =
+            Duration::from_millis((last + read_ms).saturating_sub(ms_at(now.into_std())));
+        let mut wake = now + idle_left;
         if let Some(d) = deadline {
             wake = wake.min(d);
         }
         tokio::select! {
             out = &mut fut => return Ok(out),
             _ = tokio::time::sleep_until(wake) => {
+                now = Instant::now();
                 let moved = wire.progress_ms() != last;
-                let past_deadline = deadline.is_some_and(|d| Instant::now() >= d);
+                let past_deadline = deadline.is_some_and(|d| now >= d);
                 if past_deadline || !moved {
                     return Err(());
                 }
@@ -649,7 +633,15 @@ async fn send(svc: &ServiceRt, ex: Exchange) -> Result<Sent, ProxyError> {
     let mut retried: u32 = 0;
     let mut last_err: Option<ProxyError> = None;
     loop {
-        let Some(idx) = svc.balancer.pick(&tried) else {
+        // One clock read per attempt, shared by the pick, the pool and the
+        // deadlines (the first attempt's is `started`).
+        let now = if tried.is_empty() {
+            started
+        } else {
+            Instant::now()
+        };
+        let now_ms = ms_at(now.into_std());
+        let Some(idx) = svc.balancer.pick_at(&tried, now_ms) else {
             // Nothing (else) to try: after a failed attempt, report that failure.
             return Err(last_err.unwrap_or_else(|| ProxyError::NoHealthyTarget {
                 service: svc.name.to_string(),
@@ -664,13 +656,20 @@ async fn send(svc: &ServiceRt, ex: Exchange) -> Result<Sent, ProxyError> {
             host: ex.host.as_ref().unwrap_or(&target.host_header),
             headers: &ex.headers,
         };
-        let wire = Arc::new(TripWire::default());
+        let wire = Arc::new(TripWire::at(now_ms));
         let mut body = ex.body.attempt(ex.body_limit, ex.body_idle, wire.clone());
         let outcome = await_head(
-            pool::send(&target.addr, svc.connect_timeout, &head, &mut body),
+            pool::send(
+                &target.addr,
+                svc.connect_timeout,
+                &head,
+                &mut body,
+                now.into_std(),
+            ),
             &wire,
             svc.read_timeout,
             deadline,
+            now,
         )
         .await;
         let err = match outcome {

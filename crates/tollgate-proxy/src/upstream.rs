@@ -15,8 +15,14 @@ use tollgate_core::config::{CircuitBreaker, LoadBalancing, PassiveHealthCheck, R
 
 /// Milliseconds since the process started; cheap to compare across threads.
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] for an instant already read.
+pub fn ms_at(t: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    t.saturating_duration_since(*START.get_or_init(Instant::now))
+        .as_millis() as u64
 }
 
 /// One upstream target and its health.
@@ -177,7 +183,11 @@ impl Balancer {
 
     /// Picks a healthy target not in `exclude`. `None` when none is left.
     pub fn pick(&self, exclude: &[usize]) -> Option<usize> {
-        let now = now_ms();
+        self.pick_at(exclude, now_ms())
+    }
+
+    /// [`Balancer::pick`] at `now` ([`now_ms`]).
+    pub fn pick_at(&self, exclude: &[usize], now: u64) -> Option<usize> {
         let usable = |i: usize| {
             let t = &self.targets[i];
             !exclude.contains(&i) && t.weight.load(Ordering::Relaxed) > 0 && t.healthy(now)
