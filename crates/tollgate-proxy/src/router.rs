@@ -9,6 +9,7 @@
 //!    then no path rule;
 //! 3. a method rule over none; 4. more header rules; 5. route name.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::sync::Arc;
 
@@ -372,7 +373,9 @@ fn match_path<'a>(pattern: &PathPattern, path: &'a str) -> Option<&'a str> {
 }
 
 /// The lower-case host name of a request, without port or trailing dot.
-pub fn request_host(uri: &http::Uri, headers: &HeaderMap) -> String {
+/// Borrowed from the request when it is already in that form (the usual
+/// case), so most requests allocate nothing here.
+pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Cow<'a, str> {
     let raw = uri
         .host()
         .or_else(|| {
@@ -386,7 +389,12 @@ pub fn request_host(uri: &http::Uri, headers: &HeaderMap) -> String {
     } else {
         raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw)
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let host = without_port.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 /// Whether a path contains a dot segment (`.` or `..`, also percent-encoded),
@@ -395,11 +403,26 @@ pub fn has_dot_segment(path: &str) -> bool {
     if !path.bytes().any(|c| c == b'.' || c == b'%') {
         return false;
     }
-    path.split('/').any(|seg| {
-        let lower = seg.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
+    path.as_bytes().split(|c| *c == b'/').any(is_dot_segment)
+}
+
+/// `.` or `..`, each dot written as itself or as `%2e` in either case. No
+/// allocation: a path with a dot in it (a file name, a version) is common.
+fn is_dot_segment(seg: &[u8]) -> bool {
+    let mut dots = 0;
+    let mut rest = seg;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
+            _ => return false,
+        };
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 #[cfg(test)]
@@ -596,10 +619,44 @@ mod tests {
         assert_eq!(request_host(&uri, &h), "api.example.com");
         let uri: http::Uri = "http://[::1]:80/x".parse().expect("uri");
         assert_eq!(request_host(&uri, &HeaderMap::new()), "::1");
+        // A host already in normal form is borrowed, not copied.
+        let uri: http::Uri = "/x".parse().expect("uri");
+        h.insert(
+            http::header::HOST,
+            "api.example.com:8000".parse().expect("host"),
+        );
+        assert!(matches!(
+            request_host(&uri, &h),
+            Cow::Borrowed("api.example.com")
+        ));
         assert!(has_dot_segment("/a/../b"));
         assert!(has_dot_segment("/a/%2E%2e/b"));
         assert!(has_dot_segment("/a/."));
         assert!(!has_dot_segment("/a/..b/c.d"));
+    }
+
+    /// The allocation-free check agrees with the rule it replaced (lower
+    /// case, `%2e` decoded, then `.` or `..`) on every segment of up to
+    /// seven bytes over the characters that matter.
+    #[test]
+    fn dot_segments_match_the_decoding_rule() {
+        fn reference(seg: &str) -> bool {
+            let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
+            decoded == "." || decoded == ".."
+        }
+        let alphabet = [".", "%", "2", "e", "E", "a"];
+        for len in 0..=7u32 {
+            for mut code in 0..alphabet.len().pow(len) {
+                let seg: String = (0..len)
+                    .map(|_| {
+                        let c = alphabet[code % alphabet.len()];
+                        code /= alphabet.len();
+                        c
+                    })
+                    .collect();
+                assert_eq!(is_dot_segment(seg.as_bytes()), reference(&seg), "{seg:?}");
+            }
+        }
     }
 
     #[test]

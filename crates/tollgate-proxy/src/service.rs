@@ -133,8 +133,10 @@ async fn proxy(
         return Ok(res);
     }
     let snap = gw.snapshot();
-    let host = request_host(&parts.uri, &parts.headers);
-    let found = snap.router.find(&parts.method, &host, path, &parts.headers);
+    let found = {
+        let host = request_host(&parts.uri, &parts.headers);
+        snap.router.find(&parts.method, &host, path, &parts.headers)
+    };
     let m = match found {
         Ok(m) => m,
         Err(Miss::NoRoute) => {
@@ -166,9 +168,10 @@ async fn proxy(
         m.route.name.clone(),
         svc.name.clone(),
     );
-    let mut trace = gw
-        .tracer()
-        .start_request(parts.headers.get(&headers::TRACEPARENT), "");
+    let incoming_tp = parts.headers.get(&headers::TRACEPARENT);
+    // A malformed `traceparent` is not passed on (nor its `tracestate`).
+    let drop_tp = incoming_tp.is_some_and(|tp| !headers::valid_traceparent(tp));
+    let mut trace = gw.tracer().start_request(incoming_tp, "");
     if trace.is_recording() {
         let root = SpanHandle::ROOT;
         trace.set_name(root, format!("{} {}", parts.method, m.route.name));
@@ -261,9 +264,7 @@ async fn proxy(
     );
     headers::strip_reserved(&mut parts.headers);
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());
-    if let Some(tp) = parts.headers.get(&headers::TRACEPARENT)
-        && !headers::valid_traceparent(tp)
-    {
+    if drop_tp {
         parts.headers.remove(&headers::TRACEPARENT);
         parts.headers.remove(&headers::TRACESTATE);
     }
