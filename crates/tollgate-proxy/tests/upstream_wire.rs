@@ -300,6 +300,26 @@ async fn get_body(url: &str) -> Result<(StatusCode, Bytes), String> {
     Ok((status, body.map_err(|e| e.to_string())?.to_bytes()))
 }
 
+/// Two GETs of `path` in a row, with `headers`, on one client through a
+/// gateway in front of `up`, each answered 200 with `body`; then the upstream
+/// connection each of them arrived on (`conns`, as in
+/// [`RawUpstream::expect_conns`]).
+async fn get_twice(
+    up: &mut RawUpstream,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    conns: &[usize],
+) {
+    let gw = gateway(up).await;
+    let c = client();
+    for _ in 0..2 {
+        let r = c.request("GET", &gw.url(path), headers, empty()).await;
+        assert_reply(&r, 200, body);
+    }
+    up.expect_conns(conns).await;
+}
+
 /// Asserts a reply's status and body.
 fn assert_reply(r: &Reply, status: u16, body: &[u8]) {
     let shown = String::from_utf8_lossy(&r.body[..r.body.len().min(300)]).into_owned();
@@ -337,14 +357,9 @@ async fn a_chunked_response_with_extensions_arrives_whole_and_its_connection_is_
         }
     })
     .await;
-    let gw = gateway(&up).await;
     let expected = [&b"hello, world"[..], &big[..]].concat();
-    let c = client();
-    for _ in 0..2 {
-        assert_reply(&c.get(&gw.url("/chunked")).await, 200, &expected);
-    }
     // Both requests on one upstream connection.
-    up.expect_conns(&[1, 1]).await;
+    get_twice(&mut up, "/chunked", &[], &expected, &[1, 1]).await;
 }
 
 #[tokio::test]
@@ -354,19 +369,17 @@ async fn trailers_after_a_chunked_body_do_not_break_the_response() {
           5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 42\r\nx-more: a, b\r\n\r\n"
     })
     .await;
-    let gw = gateway(&up).await;
-    let c = client();
-    for _ in 0..2 {
-        // The client accepts trailers; the gateway drops `Trailer` as a
-        // hop-by-hop field, so its hyper server sends none: only the body
-        // can be checked here.
-        let r = c
-            .request("GET", &gw.url("/t"), &[("te", "trailers")], empty())
-            .await;
-        assert_reply(&r, 200, b"hello world");
-    }
-    // Reuse shows the trailer section was read to its end.
-    up.expect_conns(&[1, 1]).await;
+    // The client accepts trailers; the gateway drops `Trailer` as a
+    // hop-by-hop field, so its hyper server sends none: only the body can be
+    // checked here. Reuse shows the trailer section was read to its end.
+    get_twice(
+        &mut up,
+        "/t",
+        &[("te", "trailers")],
+        b"hello world",
+        &[1, 1],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -389,13 +402,8 @@ async fn a_body_delimited_by_the_upstream_closing_is_relayed_whole_and_not_reuse
         }
     })
     .await;
-    let gw = gateway(&up).await;
-    let c = client();
-    for _ in 0..2 {
-        assert_reply(&c.get(&gw.url("/eof")).await, 200, &body);
-    }
     // A connection whose body ended with its close is not reused.
-    up.expect_conns(&[1, 2]).await;
+    get_twice(&mut up, "/eof", &[], &body, &[1, 2]).await;
 }
 
 #[tokio::test]
