@@ -712,6 +712,152 @@ async fn concurrency_slots_are_shared_and_come_back_on_redis() {
 }
 
 // ---------------------------------------------------------------------------
+// Batching: decisions that queue together share one script call, and each
+// is still decided on its own.
+// ---------------------------------------------------------------------------
+
+/// Calls of `EVALSHA` the server has counted so far.
+async fn evalsha_calls(url: &str) -> u64 {
+    let client = ::redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+// A current-thread runtime: every task queues its decision before the
+// batching task runs, so the number of script calls is exact.
+#[tokio::test(flavor = "current_thread")]
+async fn decisions_queued_together_share_script_calls() {
+    let Some(mut server) = RedisServer::on_free_port() else {
+        return;
+    };
+    server.start();
+    let url = server.url();
+    let limiter = Arc::new(node(&url));
+    // Four consumers with 50 requests an hour each; 64 attempts each.
+    let keys: Vec<String> = (0..4)
+        .map(|i| key(&subject(&format!("batch{i}")), "rate"))
+        .collect();
+    let mut set = tokio::task::JoinSet::new();
+    for n in 0..256 {
+        let limiter = limiter.clone();
+        let checks = [check(&keys[n % 4], Rule::gcra(50, HOUR, None))];
+        set.spawn(async move { limiter.decide(&checks, wall_us()).await.unwrap().allowed });
+    }
+    let mut admitted = 0;
+    while let Some(r) = set.join_next().await {
+        admitted += u64::from(r.unwrap());
+    }
+    assert_eq!(admitted, 4 * 50);
+    // 256 decisions in batches of at most 128: two calls (a third when the
+    // first found no script loaded and was sent again).
+    let calls = evalsha_calls(&url).await;
+    assert!(
+        (2..=4).contains(&calls),
+        "256 queued decisions took {calls} script calls"
+    );
+    for k in &keys {
+        let d = limiter
+            .decide(&[check(k, Rule::gcra(50, HOUR, None))], wall_us())
+            .await
+            .unwrap();
+        assert!(!d.allowed, "{k} admitted beyond its limit");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn each_decision_in_a_batch_is_decided_on_its_own() {
+    let url = require_redis!();
+    let limiter = node(&url);
+    let tz = new_york();
+    let rate = key(&subject("batch-rate"), "rate");
+    let quota = key(&subject("batch-quota"), "quota");
+    let single = key(&subject("batch-single"), "rate");
+    let one_an_hour = Rule::gcra(1, HOUR, None);
+    let month = Rule::Month { limit: 10, tz };
+    // Use up the rate limit first.
+    assert!(
+        limiter
+            .decide(&[check(&rate, one_an_hour)], wall_us())
+            .await
+            .unwrap()
+            .allowed
+    );
+
+    let now = wall_us();
+    let refused = [check(&rate, one_an_hour), check(&quota, month)];
+    let counted = [check(&quota, month)];
+    let first = [check(&single, one_an_hour)];
+    // All five queue before the batching task runs: one script call.
+    let (refused, here, months_off, a, b) = tokio::join!(
+        limiter.decide(&refused, now),
+        limiter.decide(&counted, now),
+        limiter.decide(&counted, now + 100 * DAY),
+        limiter.decide(&first, now),
+        limiter.decide(&first, now),
+    );
+    // Refused by its rate: its quota is not charged.
+    let refused = refused.unwrap();
+    assert!(!refused.allowed);
+    assert!(!refused.statuses[0].allowed && refused.statuses[1].allowed);
+    // One in this month, and one from a node whose clock is months off,
+    // asked again in the server's month: both count there.
+    assert!(here.unwrap().allowed);
+    assert!(months_off.unwrap().allowed);
+    let (start, _) = calendar::month_of(wall_us(), tz);
+    assert_eq!(limiter.quota_used(&quota, start).await.unwrap(), 2);
+    // Two on a fresh limit of one: the first in the batch takes it.
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.allowed && !b.allowed, "{a:?} {b:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_taken_for_a_cancelled_decision_comes_back() {
+    let url = require_redis!();
+    let limiter = node(&url);
+    let checks = [check(
+        &key(&subject("cancelled-slot"), "inflight"),
+        Rule::Concurrency { max: 1 },
+    )];
+    // Connected already, so the decision is sent at its first poll.
+    let warm = [check(
+        &key(&subject("warm"), "rate"),
+        Rule::gcra(10, HOUR, None),
+    )];
+    assert!(limiter.decide(&warm, wall_us()).await.unwrap().allowed);
+    // The caller goes away after its decision was queued, before the
+    // answer (a client that hung up): the slot it took must come back.
+    {
+        let decision = limiter.decide(&checks, wall_us());
+        tokio::pin!(decision);
+        tokio::select! {
+            biased;
+            d = &mut decision => panic!("answered without waiting for Redis: {d:?}"),
+            () = std::future::ready(()) => {}
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let d = loop {
+        let d = limiter.decide(&checks, wall_us()).await.unwrap();
+        if d.allowed {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled decision's slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(d.permit.is_some());
+}
+
+// ---------------------------------------------------------------------------
 // Incidents: Redis away, back, frozen; a node starting while it is down.
 // ---------------------------------------------------------------------------
 
