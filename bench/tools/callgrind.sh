@@ -17,30 +17,13 @@ set -euo pipefail
 BIN=$1; CFG=$2; OUT=${3:-/tmp/tollgate-callgrind.out}
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DATA="$(mktemp -d)"
-trap 'kill "$PID" 2>/dev/null || true; rm -rf "$DATA"' EXIT
+trap 'kill "$(cat "$DATA/pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$DATA"' EXIT
 rm -f "$OUT" "$OUT".*
-# The scenario's own settings (NAME.env, KEY=VALUE lines), as bench/run.sh applies them.
-if [ -f "${CFG%.yaml}.env" ]; then
-  while IFS= read -r line; do
-    case "$line" in ''|'#'*) ;; *) export "${line?}" ;; esac
-  done <"${CFG%.yaml}.env"
-fi
-TOLLGATE_WORKER_THREADS=1 TOLLGATE_DATA_DIR="$DATA" \
-TOLLGATE_PROXY_LISTEN=127.0.0.1:18092 TOLLGATE_ADMIN_LISTEN=127.0.0.1:18093 \
-TOLLGATE_ADMIN_TOKEN=callgrind-token-0123456789 RUST_LOG=warn \
-  valgrind --tool=callgrind --compress-strings=no --compress-pos=no \
-  --callgrind-out-file="$OUT" "$BIN" serve --config "$CFG" >"$DATA/log" 2>&1 &
-PID=$!
-for _ in $(seq 1 300); do curl -s -o /dev/null localhost:18093/readyz && break; sleep 0.2; done
+HEADER=$(CPU=0-1 WRAP="valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file=$OUT" \
+  "$HERE/serve.sh" "$BIN" "$CFG" 18092 18093 "$DATA" | tail -n 1)
+PID=$(cat "$DATA/pid")
 BENCH_PATH="$(sed -n 's/^# bench-path: *//p' "$CFG" | head -n 1)"
 BENCH_PATH="${BENCH_PATH:-/}"
-HEADER=""
-HOOK="${CFG%.yaml}.setup.sh"
-if [ -f "$HOOK" ]; then
-  HEADER=$(TOLLGATE_ADMIN_URL=http://127.0.0.1:18093 TOLLGATE_PROXY_URL=http://127.0.0.1:18092 \
-    TOLLGATE_ADMIN_TOKEN=callgrind-token-0123456789 BENCH_PATH="$BENCH_PATH" bash "$HOOK" | tail -n 1)
-fi
-for _ in $(seq 1 300); do curl -sf -o /dev/null ${HEADER:+-H "$HEADER"} "localhost:18092$BENCH_PATH" && break; sleep 0.2; done
 python3 "$HERE/load.py" 18092 500 8 "$HEADER" "$BENCH_PATH" >/dev/null
 callgrind_control -z "$PID" >/dev/null 2>&1
 ok=$(python3 "$HERE/load.py" 18092 3000 8 "$HEADER" "$BENCH_PATH")

@@ -1,29 +1,33 @@
 -- A batch of rate-limit decisions, each over several limits
 -- (tollgate-limits, src/redis.rs). Mirrors src/algo.rs. Within one
--- decision every limit is checked first, and counters are written only when
--- all of them pass. Decisions run in order, each on the counters the ones
+-- decision every limit is checked first, and counters change only when all
+-- of them pass. Decisions run in order, each on the counters the ones
 -- before it left, and the whole batch is atomic (one script call).
 --
+-- KEYS: the batch's counters, each once. Limits name them by index.
 -- ARGV, per decision:
 --   now in microseconds, or '' to use the server's clock (the default:
 --       nodes' clocks never matter)
 --   a unique member name for concurrency slots ('' when it takes none)
 --   the number of limits n
---   then, per limit, 6 values: kind, a, b, c, d, e
---     g  GCRA          a = interval us, b = burst
---     w  window        a = window us, b = limit
---     m  month         a = limit, b..e = starts of the previous, current,
---                      next and following month (us); uses 3 KEYS
---     c  concurrency   a = max, b = lease us
--- KEYS: in the order of the decisions and their limits, one per limit, three
--- for a month (its previous, current and next period's counters).
+--   then per limit its kind and values:
+--     g  GCRA         key, interval us, burst
+--     w  window       key, window us, limit
+--     m  month        keys of the previous, current and next month, limit,
+--                     starts of the previous, current, next and following
+--                     month (us)
+--     c  concurrency  key, max, lease us
+--
+-- A counter is read once per batch, kept here while the batch's decisions
+-- use it, and written once at the end, as the last decision left it: the
+-- same values and expiry that writing after every decision would leave.
 --
 -- Returns {server now, then per decision: allowed (1 or 0), and per limit
 -- allowed, remaining, reset us, retry-after us, period start us (month
 -- only, else 0)}, all integers. A decision whose now is outside one of its
--- months' b..e (the node's clock is months off) writes nothing and comes
--- back as -1 followed by zeros; the node asks again with bounds around the
--- returned server now.
+-- months' bounds (the node's clock is months off) changes nothing and
+-- comes back as -1 followed by zeros; the node asks again with bounds
+-- around the returned server now.
 
 local t = redis.call('TIME')
 local server_now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -46,27 +50,74 @@ local function offset_for(count, room, w)
   return o
 end
 
+-- Per key index: its value as the batch has left it so far (GCRA: the
+-- theoretical arrival time; window: {index, count, previous count}; month
+-- and concurrency: the count), its kind, and its expiry once changed
+-- (a TTL in ms, or for a month an absolute time in ms).
+local value, kind_of, expiry = {}, {}, {}
+local is_changed, changed = {}, {}
+
+local function gcra_tat(ki)
+  local v = value[ki]
+  if v == nil then
+    v = tonumber(redis.call('GET', KEYS[ki]) or '0')
+    value[ki] = v
+  end
+  return v
+end
+
+local function window_state(ki)
+  local v = value[ki]
+  if v == nil then
+    local st = redis.call('HMGET', KEYS[ki], 'i', 'c', 'p')
+    v = {tonumber(st[1] or '-1'), tonumber(st[2] or '0'), tonumber(st[3] or '0')}
+    value[ki] = v
+  end
+  return v
+end
+
+local function month_count(ki)
+  local v = value[ki]
+  if v == nil then
+    v = tonumber(redis.call('GET', KEYS[ki]) or '0')
+    value[ki] = v
+  end
+  return v
+end
+
+local function slots_taken(ki, now)
+  local v = value[ki]
+  if v == nil then
+    redis.call('ZREMRANGEBYSCORE', KEYS[ki], '-inf', num(now))
+    v = redis.call('ZCARD', KEYS[ki])
+    value[ki] = v
+  end
+  return v
+end
+
 local res = {server_now}
-local k = 1
 local a = 1
+-- One decision's changes, applied when all its limits pass: key index,
+-- kind, new value, expiry (and for a slot, its score).
+local c_ki, c_kind, c_val, c_exp, c_score = {}, {}, {}, {}, {}
 while a + 2 <= #ARGV do
   local now = server_now
   if ARGV[a] ~= '' then now = tonumber(ARGV[a]) end
   local member = ARGV[a + 1]
   local n = tonumber(ARGV[a + 2])
   a = a + 3
-  local out = {}
-  local writes = {}
+  local at = #res + 1
+  res[at] = 0
   local all = 1
   local misplaced = false
+  local changes = 0
   for _ = 1, n do
     local kind = ARGV[a]
-    local p1, p2 = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
     local ok, remaining, reset, retry, start = 0, 0, 0, 0, 0
     if kind == 'g' then
-      local key = KEYS[k]; k = k + 1
-      local interval, burst = p1, p2
-      local tat = tonumber(redis.call('GET', key) or '0')
+      local ki, interval, burst = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+      a = a + 4
+      local tat = gcra_tat(ki)
       if tat < now then tat = now end
       local span = interval * burst
       local new_tat = tat + interval
@@ -75,9 +126,9 @@ while a + 2 <= #ARGV do
         ok = 1
         remaining = math.floor((now - allow_at) / interval)
         reset = new_tat - now
-        table.insert(writes, function()
-          redis.call('SET', key, num(new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
-        end)
+        changes = changes + 1
+        c_ki[changes], c_kind[changes], c_val[changes] = ki, 'g', new_tat
+        c_exp[changes] = math.max(1, math.ceil((new_tat - now) / 1000))
       else
         local room = now + span - tat
         if room > 0 then remaining = math.floor(room / interval) end
@@ -85,11 +136,11 @@ while a + 2 <= #ARGV do
         retry = allow_at - now
       end
     elseif kind == 'w' then
-      local key = KEYS[k]; k = k + 1
-      local w, limit = p1, p2
+      local ki, w, limit = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+      a = a + 4
       local index = math.floor(now / w)
-      local st = redis.call('HMGET', key, 'i', 'c', 'p')
-      local si, sc, sp = tonumber(st[1] or '-1'), tonumber(st[2] or '0'), tonumber(st[3] or '0')
+      local st = window_state(ki)
+      local si, sc, sp = st[1], st[2], st[3]
       local prev, cur = 0, 0
       if si == index then prev, cur = sp, sc
       elseif si == index - 1 then prev, cur = sc, 0 end
@@ -100,11 +151,9 @@ while a + 2 <= #ARGV do
       if estimate + 1 <= limit then
         ok = 1
         remaining = limit - estimate - 1
-        local c2 = cur + 1
-        table.insert(writes, function()
-          redis.call('HSET', key, 'i', num(index), 'c', num(c2), 'p', num(prev))
-          redis.call('PEXPIRE', key, math.ceil((rest + w) / 1000) + 1000)
-        end)
+        changes = changes + 1
+        c_ki[changes], c_kind[changes], c_val[changes] = ki, 'w', {index, cur + 1, prev}
+        c_exp[changes] = math.ceil((rest + w) / 1000) + 1000
       else
         remaining = math.max(0, limit - estimate)
         if cur + 1 <= limit then
@@ -114,62 +163,85 @@ while a + 2 <= #ARGV do
         end
       end
     elseif kind == 'm' then
-      local limit = p1
-      local b = {tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])}
+      local limit = tonumber(ARGV[a + 4])
+      local b = {tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])}
       if now < b[1] or now >= b[4] then misplaced = true end
       local i = 3
       if now < b[2] then i = 1 elseif now < b[3] then i = 2 end
-      local key = KEYS[k + i - 1]; k = k + 3
+      local ki = tonumber(ARGV[a + i])
+      a = a + 9
       local finish = b[i + 1]
       start = b[i]
-      local count = tonumber(redis.call('GET', key) or '0')
+      local count = month_count(ki)
       reset = finish - now
       if count + 1 <= limit then
         ok = 1
         remaining = limit - count - 1
-        table.insert(writes, function()
-          redis.call('INCR', key)
-          -- Kept 40 days past the period, for usage and billing reads.
-          redis.call('PEXPIREAT', key, math.ceil(finish / 1000) + 40 * 86400000)
-        end)
+        changes = changes + 1
+        c_ki[changes], c_kind[changes], c_val[changes] = ki, 'm', count + 1
+        -- Kept 40 days past the period, for usage and billing reads.
+        c_exp[changes] = math.ceil(finish / 1000) + 40 * 86400000
       else
         remaining = math.max(0, limit - count)
         retry = finish - now
       end
     elseif kind == 'c' then
-      local key = KEYS[k]; k = k + 1
-      local max, lease = p1, p2
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', num(now))
-      local taken = redis.call('ZCARD', key)
+      local ki, max, lease = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+      a = a + 4
+      local taken = slots_taken(ki, now)
       if taken < max then
         ok = 1
         remaining = max - taken - 1
-        table.insert(writes, function()
-          redis.call('ZADD', key, num(now + lease), member)
-          redis.call('PEXPIRE', key, math.ceil(lease / 1000))
-        end)
+        changes = changes + 1
+        c_ki[changes], c_kind[changes], c_val[changes] = ki, 'c', taken + 1
+        c_exp[changes], c_score[changes] = math.ceil(lease / 1000), now + lease
       else
         retry = 1000000
       end
+    else
+      return redis.error_reply('unknown limit kind ' .. tostring(kind))
     end
     if ok == 0 then all = 0 end
-    table.insert(out, ok)
-    table.insert(out, remaining)
-    table.insert(out, reset)
-    table.insert(out, retry)
-    table.insert(out, start)
-    a = a + 6
+    res[#res + 1] = ok
+    res[#res + 1] = remaining
+    res[#res + 1] = reset
+    res[#res + 1] = retry
+    res[#res + 1] = start
   end
-
   if misplaced then
-    table.insert(res, -1)
-    for _ = 1, #out do table.insert(res, 0) end
+    res[at] = -1
+    for j = at + 1, #res do res[j] = 0 end
   else
+    res[at] = all
     if all == 1 then
-      for _, f in ipairs(writes) do f() end
+      for j = 1, changes do
+        local ki = c_ki[j]
+        value[ki], kind_of[ki], expiry[ki] = c_val[j], c_kind[j], c_exp[j]
+        if not is_changed[ki] then
+          is_changed[ki] = true
+          changed[#changed + 1] = ki
+        end
+        if c_kind[j] == 'c' then
+          redis.call('ZADD', KEYS[ki], num(c_score[j]), member)
+        end
+      end
     end
-    table.insert(res, all)
-    for _, v in ipairs(out) do table.insert(res, v) end
+  end
+end
+
+-- Each changed counter written once, as the last decision left it.
+for _, ki in ipairs(changed) do
+  local key, kind, v = KEYS[ki], kind_of[ki], value[ki]
+  if kind == 'g' then
+    redis.call('SET', key, num(v), 'PX', expiry[ki])
+  elseif kind == 'w' then
+    redis.call('HSET', key, 'i', num(v[1]), 'c', num(v[2]), 'p', num(v[3]))
+    redis.call('PEXPIRE', key, expiry[ki])
+  elseif kind == 'm' then
+    redis.call('SET', key, num(v))
+    redis.call('PEXPIREAT', key, expiry[ki])
+  else
+    redis.call('PEXPIRE', key, expiry[ki])
   end
 end
 return res

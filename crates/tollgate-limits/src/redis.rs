@@ -15,6 +15,7 @@
 //! subjects, which a standalone server or a single-shard deployment takes;
 //! the client connects to one server.)
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -100,8 +101,9 @@ struct Job {
     now_us: Option<i64>,
     /// The concurrency slots' member name; empty when it takes none.
     member: String,
+    /// The counters' keys, in the order of the limits (three for a month).
     keys: Vec<String>,
-    /// Per limit: its kind letter and five parameters.
+    /// Per limit: its kind letter and parameters (two, five for a month).
     limits: Vec<(&'static str, [i64; 5])>,
     /// The keys of the concurrency slots it would take.
     held: Vec<String>,
@@ -406,31 +408,51 @@ async fn run_batch(link: &Link, jobs: Vec<Job>) {
     }
 }
 
-/// The `EVALSHA` of a batch: every decision's keys, then every decision's
-/// arguments (see `decide.lua`).
+/// The `EVALSHA` of a batch: the distinct counter keys, then each
+/// decision's arguments, its limits naming keys by index (see `decide.lua`).
 fn command(script_hash: &str, jobs: &[Job]) -> Cmd {
-    let keys: usize = jobs.iter().map(|j| j.keys.len()).sum();
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script_hash).arg(keys);
+    let mut index: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
+    let mut keys = Vec::new();
+    let mut args = Vec::with_capacity(jobs.len() * 8);
     for job in jobs {
-        for key in &job.keys {
-            cmd.arg(key);
+        args.push(job.now_us.map_or(Arg::Empty, Arg::Int));
+        args.push(Arg::Member(&job.member));
+        args.push(Arg::Int(job.limits.len() as i64));
+        let mut job_keys = job.keys.iter();
+        for (kind, params) in &job.limits {
+            args.push(Arg::Kind(kind));
+            let (nkeys, nparams) = if *kind == "m" { (3, 5) } else { (1, 2) };
+            for k in job_keys.by_ref().take(nkeys) {
+                let i = *index.entry(k.as_str()).or_insert_with(|| {
+                    keys.push(k.as_str());
+                    keys.len()
+                });
+                args.push(Arg::Int(i as i64));
+            }
+            args.extend(params[..nparams].iter().map(|p| Arg::Int(*p)));
         }
     }
-    for job in jobs {
-        match job.now_us {
-            Some(now) => cmd.arg(now),
-            None => cmd.arg(""),
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script_hash).arg(keys.len());
+    for k in keys {
+        cmd.arg(k);
+    }
+    for a in args {
+        match a {
+            Arg::Empty => cmd.arg(""),
+            Arg::Int(n) => cmd.arg(n),
+            Arg::Member(m) | Arg::Kind(m) => cmd.arg(m),
         };
-        cmd.arg(&job.member).arg(job.limits.len());
-        for (kind, params) in &job.limits {
-            cmd.arg(*kind);
-            for p in params {
-                cmd.arg(*p);
-            }
-        }
     }
     cmd
+}
+
+/// One script argument, kept until the keys (which come first) are known.
+enum Arg<'a> {
+    Empty,
+    Int(i64),
+    Member(&'a str),
+    Kind(&'a str),
 }
 
 /// Runs the script, loading it first when the server does not have it

@@ -61,27 +61,55 @@ async fn assert_parity(
     checks: &[Check<'_>],
     start: i64,
     steps: usize,
+    next: impl FnMut(&mut Rng, i64, &Decision) -> i64,
+) -> Local {
+    assert_parity_in_batches(url, checks, start, steps, 1, next).await
+}
+
+/// As [`assert_parity`], with the script's decisions queued `batch` at a
+/// time, so that they share script calls (on a current-thread runtime all
+/// of a group queue before the batching task runs): each must still be
+/// answered as if it had been alone.
+async fn assert_parity_in_batches(
+    url: &str,
+    checks: &[Check<'_>],
+    start: i64,
+    steps: usize,
+    batch: usize,
     mut next: impl FnMut(&mut Rng, i64, &Decision) -> i64,
 ) -> Local {
     let (mut rng, seed) = Rng::seeded();
     let local = Local::new();
-    let redis = redis(url).with_fixed_clock();
+    let redis = Arc::new(redis(url).with_fixed_clock());
+    let owned: Vec<Check<'static>> = checks.iter().map(|c| check(&c.key, c.rule)).collect();
     let mut now = start;
     let mut allowed = 0;
-    for step in 0..steps {
-        let l = local.decide(checks, now);
-        let r = redis.decide(checks, now).await.unwrap();
-        assert_eq!(
-            outcome(&r),
-            outcome(&l),
-            "step {step} at {now} µs (offset {} µs): Redis (left) and in process (right) disagree; \
-             replay with TOLLGATE_TEST_SEED={seed}",
-            now - start
-        );
-        allowed += l.allowed as usize;
-        let t = next(&mut rng, now, &l);
-        assert!(t >= now, "times only move forward");
-        now = t;
+    let mut step = 0;
+    while step < steps {
+        let mut expected = Vec::new();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..batch.min(steps - step) {
+            let l = local.decide(checks, now);
+            let (redis, owned) = (redis.clone(), owned.clone());
+            set.spawn(async move { (i, now, redis.decide(&owned, now).await.unwrap()) });
+            allowed += l.allowed as usize;
+            let t = next(&mut rng, now, &l);
+            assert!(t >= now, "times only move forward");
+            expected.push(l);
+            now = t;
+        }
+        while let Some(r) = set.join_next().await {
+            let (i, at, r) = r.unwrap();
+            assert_eq!(
+                outcome(&r),
+                outcome(&expected[i]),
+                "step {} at {at} µs (offset {} µs): Redis (left) and in process (right) disagree; \
+                 replay with TOLLGATE_TEST_SEED={seed}",
+                step + i,
+                at - start
+            );
+        }
+        step += expected.len();
     }
     // The sequence must have exercised both answers to prove anything.
     assert!(
@@ -252,6 +280,51 @@ async fn parity_of_combined_decisions() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn parity_of_combined_decisions_in_batches() {
+    let url = require_redis!();
+    // Decisions on the same counters share script calls: the script keeps
+    // each counter while the batch uses it and writes it once. Each answer
+    // and the final counts must be those of one call per decision.
+    let tz = new_york();
+    for batch in [2, 7, 32] {
+        let s = subject("parity-batched");
+        let month_key = key(&s, "month");
+        let checks = [
+            check(&month_key, Rule::Month { limit: 60, tz }),
+            check(&key(&s, "gcra"), Rule::gcra(6, 10 * MINUTE, Some(3))),
+            check(
+                &key(&s, "window"),
+                Rule::Window {
+                    window_us: 5 * MINUTE,
+                    limit: 4,
+                },
+            ),
+        ];
+        let mut months = Vec::new();
+        let local =
+            assert_parity_in_batches(&url, &checks, wall_us(), 400, batch, |rng, now, d| {
+                let t = if rng.chance(3) {
+                    month_gap(rng, now, tz)
+                } else {
+                    rate_gap(rng, now, d, MINUTE, 10 * MINUTE)
+                };
+                months.push(calendar::month_of(t, tz).0);
+                t
+            })
+            .await;
+        months.dedup();
+        let r = redis(&url);
+        for m in months {
+            assert_eq!(
+                r.quota_used(&month_key, m).await.unwrap(),
+                local.quota_used(&month_key, m),
+                "batches of {batch}: the month starting at {m}"
+            );
+        }
+    }
 }
 
 /// A random offset of up to a day, in whole and odd microseconds.
