@@ -57,10 +57,22 @@ end
 local value, kind_of, expiry = {}, {}, {}
 local is_changed, changed = {}, {}
 
+-- Reads a counter. One of another type under the same key (a limit whose
+-- algorithm changed in the config keeps its name) is deleted and counts as
+-- new, instead of failing every decision of the batch.
+local function read(cmd, key, ...)
+  local r = redis.pcall(cmd, key, ...)
+  if type(r) == 'table' and r.err then
+    redis.call('DEL', key)
+    return nil
+  end
+  return r
+end
+
 local function gcra_tat(ki)
   local v = value[ki]
   if v == nil then
-    v = tonumber(redis.call('GET', KEYS[ki]) or '0')
+    v = tonumber(read('GET', KEYS[ki]) or '0') or 0
     value[ki] = v
   end
   return v
@@ -69,8 +81,8 @@ end
 local function window_state(ki)
   local v = value[ki]
   if v == nil then
-    local st = redis.call('HMGET', KEYS[ki], 'i', 'c', 'p')
-    v = {tonumber(st[1] or '-1'), tonumber(st[2] or '0'), tonumber(st[3] or '0')}
+    local st = read('HMGET', KEYS[ki], 'i', 'c', 'p') or {}
+    v = {tonumber(st[1] or '-1') or -1, tonumber(st[2] or '0') or 0, tonumber(st[3] or '0') or 0}
     value[ki] = v
   end
   return v
@@ -79,7 +91,7 @@ end
 local function month_count(ki)
   local v = value[ki]
   if v == nil then
-    v = tonumber(redis.call('GET', KEYS[ki]) or '0')
+    v = tonumber(read('GET', KEYS[ki]) or '0') or 0
     value[ki] = v
   end
   return v
@@ -88,7 +100,7 @@ end
 local function slots_taken(ki, now)
   local v = value[ki]
   if v == nil then
-    redis.call('ZREMRANGEBYSCORE', KEYS[ki], '-inf', num(now))
+    read('ZREMRANGEBYSCORE', KEYS[ki], '-inf', num(now))
     v = redis.call('ZCARD', KEYS[ki])
     value[ki] = v
   end

@@ -890,6 +890,64 @@ async fn each_decision_in_a_batch_is_decided_on_its_own() {
     assert!(a.allowed && !b.allowed, "{a:?} {b:?}");
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_counter_of_another_kind_starts_afresh_without_failing_its_batch() {
+    let url = require_redis!();
+    let limiter = node(&url);
+    // A limit's algorithm changed in the config and kept its name: its key
+    // holds a GCRA time (a string) where a window (a hash) is now expected,
+    // and a hash where a GCRA time is.
+    let was_rate = key(&subject("kind-changed"), "limit");
+    let was_window = key(&subject("kind-changed"), "limit");
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("SET")
+        .arg(&was_rate)
+        .arg("1796622713980469")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = ::redis::cmd("HSET")
+        .arg(&was_window)
+        .arg("i")
+        .arg("5")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let window = Rule::Window {
+        window_us: MINUTE,
+        limit: 2,
+    };
+    let other = key(&subject("kind-neighbour"), "rate");
+    let as_window = [check(&was_rate, window)];
+    let as_rate = [check(&was_window, Rule::gcra(1, HOUR, None))];
+    let neighbour = [check(&other, Rule::gcra(1, HOUR, None))];
+    let (w1, g, neighbour) = tokio::join!(
+        limiter.decide(&as_window, wall_us()),
+        limiter.decide(&as_rate, wall_us()),
+        limiter.decide(&neighbour, wall_us()),
+    );
+    // Each decision is answered, on a fresh counter, and so is the one
+    // that shared their script call.
+    let w1 = w1.unwrap();
+    assert!(w1.allowed && w1.statuses[0].remaining == 1, "{w1:?}");
+    assert!(g.unwrap().allowed);
+    assert!(neighbour.unwrap().allowed);
+    // The counters count on from there.
+    let w2 = limiter
+        .decide(&[check(&was_rate, window)], wall_us())
+        .await
+        .unwrap();
+    assert!(w2.allowed && w2.statuses[0].remaining == 0, "{w2:?}");
+    assert!(
+        !limiter
+            .decide(&[check(&was_rate, window)], wall_us())
+            .await
+            .unwrap()
+            .allowed
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_taken_for_a_cancelled_decision_comes_back() {
     let url = require_redis!();
