@@ -253,6 +253,19 @@ set_cpus() {
     fi
 }
 
+# A local redis-server (the Redis scenarios' counters) is a backing service
+# like the upstream: its threads go where the upstream runs, away from the
+# proxy under test, instead of wherever the scheduler puts them.
+pin_redis() {
+    local pid t
+    for pid in $(pgrep -x redis-server || true); do
+        for t in /proc/"$pid"/task/*; do
+            taskset -cp "$1" "${t##*/}" >/dev/null 2>&1 || true
+        done
+        log "redis-server (pid $pid) pinned to CPUs $1"
+    done
+}
+
 # ---------------------------------------------------------------- servers
 
 render() { # render TEMPLATE OUT WORKERS PORT
@@ -583,6 +596,7 @@ main() {
         CUR_N="$n"
         set_cpus "$n"
         log "N=$n: proxy on CPUs $PROXY_CPUS, load generator on $LOAD_CPUS, upstream on $UPSTREAM_CPUS"
+        pin_redis "$UPSTREAM_CPUS"
         start_nginx "upstream-$n" "$BENCH_DIR/nginx/upstream.conf.in" "$UPSTREAM_PORT" "$n" "$UPSTREAM_CPUS"
         local up_pid="$LAST_PID"
         start_nginx "proxy-$n" "$BENCH_DIR/nginx/proxy.conf.in" "$NGINX_PORT" "$n" "$PROXY_CPUS"
