@@ -69,7 +69,8 @@ local function read(cmd, key, ...)
   return r
 end
 
-local function gcra_tat(ki)
+-- A GCRA time or a month's count: a number under a plain key.
+local function number_at(ki)
   local v = value[ki]
   if v == nil then
     v = tonumber(read('GET', KEYS[ki]) or '0') or 0
@@ -83,15 +84,6 @@ local function window_state(ki)
   if v == nil then
     local st = read('HMGET', KEYS[ki], 'i', 'c', 'p') or {}
     v = {tonumber(st[1] or '-1') or -1, tonumber(st[2] or '0') or 0, tonumber(st[3] or '0') or 0}
-    value[ki] = v
-  end
-  return v
-end
-
-local function month_count(ki)
-  local v = value[ki]
-  if v == nil then
-    v = tonumber(read('GET', KEYS[ki]) or '0') or 0
     value[ki] = v
   end
   return v
@@ -129,7 +121,7 @@ while a + 2 <= #ARGV do
     if kind == 'g' then
       local ki, interval, burst = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
       a = a + 4
-      local tat = gcra_tat(ki)
+      local tat = number_at(ki)
       if tat < now then tat = now end
       local span = interval * burst
       local new_tat = tat + interval
@@ -184,7 +176,7 @@ while a + 2 <= #ARGV do
       a = a + 9
       local finish = b[i + 1]
       start = b[i]
-      local count = month_count(ki)
+      local count = number_at(ki)
       reset = finish - now
       if count + 1 <= limit then
         ok = 1

@@ -253,24 +253,35 @@ async fn parity_month_quota() {
     }
 }
 
-#[tokio::test]
-async fn parity_of_combined_decisions() {
-    let url = require_redis!();
-    // Three limits at once: a decision passes only when all three do, and
-    // a refusal by one must leave the others as they were, on both sides.
-    let s = subject("parity-combined");
-    let tz = new_york();
-    let checks = [
-        check(&key(&s, "month"), Rule::Month { limit: 40, tz }),
-        check(&key(&s, "gcra"), Rule::gcra(6, 10 * MINUTE, Some(3))),
+/// A monthly quota of `month_limit` in `tz`, a GCRA rate of 6 per 10 minutes
+/// (burst 3) and a sliding window of 4 per 5 minutes, all on `subject`.
+fn combined_checks(subject: &str, month_limit: u64, tz: Tz) -> [Check<'static>; 3] {
+    [
         check(
-            &key(&s, "window"),
+            &key(subject, "month"),
+            Rule::Month {
+                limit: month_limit,
+                tz,
+            },
+        ),
+        check(&key(subject, "gcra"), Rule::gcra(6, 10 * MINUTE, Some(3))),
+        check(
+            &key(subject, "window"),
             Rule::Window {
                 window_us: 5 * MINUTE,
                 limit: 4,
             },
         ),
-    ];
+    ]
+}
+
+#[tokio::test]
+async fn parity_of_combined_decisions() {
+    let url = require_redis!();
+    // Three limits at once: a decision passes only when all three do, and
+    // a refusal by one must leave the others as they were, on both sides.
+    let tz = new_york();
+    let checks = combined_checks(&subject("parity-combined"), 40, tz);
     let start = wall_us() + rand_offset();
     assert_parity(&url, &checks, start, 500, |rng, now, d| {
         if rng.chance(5) {
@@ -290,19 +301,8 @@ async fn parity_of_combined_decisions_in_batches() {
     // and the final counts must be those of one call per decision.
     let tz = new_york();
     for batch in [2, 7, 32] {
-        let s = subject("parity-batched");
-        let month_key = key(&s, "month");
-        let checks = [
-            check(&month_key, Rule::Month { limit: 60, tz }),
-            check(&key(&s, "gcra"), Rule::gcra(6, 10 * MINUTE, Some(3))),
-            check(
-                &key(&s, "window"),
-                Rule::Window {
-                    window_us: 5 * MINUTE,
-                    limit: 4,
-                },
-            ),
-        ];
+        let checks = combined_checks(&subject("parity-batched"), 60, tz);
+        let month_key = checks[0].key.to_string();
         let mut months = Vec::new();
         let local =
             assert_parity_in_batches(&url, &checks, wall_us(), 400, batch, |rng, now, d| {
