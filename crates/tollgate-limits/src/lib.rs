@@ -4,8 +4,8 @@
 //!   concurrency) as pure functions.
 //! - [`Limiter`]: one decision over several limits at once, all-or-nothing,
 //!   in this process ([`local::Local`], the default), on Redis
-//!   ([`redis::Redis`], for a cluster: one atomic script per decision, on
-//!   the server's clock), or in process and reconciled with Redis in
+//!   ([`redis::Redis`], for a cluster: an atomic script on the server's
+//!   clock, queued decisions sent together in one call), or in process and reconciled with Redis in
 //!   batches ([`synced::Synced`]: rates decided without a round trip; a
 //!   cluster can go over a limit by about one sync interval's traffic per
 //!   node). It tracks backend incidents
