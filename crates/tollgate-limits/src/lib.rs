@@ -19,6 +19,7 @@ pub mod calendar;
 pub mod catalog;
 pub mod local;
 pub mod redis;
+mod resp;
 pub mod synced;
 pub mod testing;
 
@@ -59,7 +60,7 @@ pub struct Permit(PermitInner);
 
 enum PermitInner {
     Local(Arc<local::Shards>, Vec<String>),
-    Redis(Option<(::redis::aio::ConnectionManager, Vec<String>, String)>),
+    Redis(Option<redis::Slots>),
 }
 
 impl std::fmt::Debug for PermitInner {
@@ -75,12 +76,8 @@ impl Permit {
     pub(crate) fn local(shards: Arc<local::Shards>, keys: Vec<String>) -> Permit {
         Permit(PermitInner::Local(shards, keys))
     }
-    pub(crate) fn redis(
-        conn: ::redis::aio::ConnectionManager,
-        keys: Vec<String>,
-        member: String,
-    ) -> Permit {
-        Permit(PermitInner::Redis(Some((conn, keys, member))))
+    pub(crate) fn redis(slots: redis::Slots) -> Permit {
+        Permit(PermitInner::Redis(Some(slots)))
     }
 }
 
@@ -89,8 +86,8 @@ impl Drop for Permit {
         match &mut self.0 {
             PermitInner::Local(shards, keys) => shards.release(keys),
             PermitInner::Redis(held) => {
-                if let Some((conn, keys, member)) = held.take() {
-                    redis::release(conn, keys, member);
+                if let Some(slots) = held.take() {
+                    redis::release(slots);
                 }
             }
         }

@@ -2,13 +2,15 @@
 //! atomic and on the server's clock, so nodes whose clocks disagree still
 //! count as one.
 //!
-//! Decisions are batched: each one is queued to a task that sends whatever
-//! has queued as one `EVALSHA` ([`MAX_BATCH`] at most, with up to
-//! [`BATCHES_IN_FLIGHT`] batches on the wire). An idle node sends each
-//! decision on its own at once; a busy one shares a round trip, the
+//! Decisions are batched: each one is queued, and [`BATCHES_IN_FLIGHT`]
+//! tasks, each with a connection of its own, take turns sending whatever
+//! has queued as one `EVALSHA` ([`MAX_BATCH`] at most). An idle node sends
+//! each decision on its own at once; a busy one shares a round trip, the
 //! syscalls and the server's command overhead among many decisions. The
 //! script runs a batch's decisions in order, each all-or-nothing over its
-//! limits, exactly as if each had been its own call.
+//! limits, exactly as if each had been its own call. That one command
+//! goes over the limiter's own RESP connection ([`crate::resp`]); every
+//! other call uses the `redis` crate's connection manager.
 //!
 //! Keys are `tg:{<subject>}:<limit>`: the braces are a Redis Cluster hash
 //! tag, so every counter of one subject lives in one slot. (A batch mixes
@@ -21,12 +23,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ErrorKind, Value};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::algo::{Rule, Status};
 use crate::calendar;
+use crate::resp::{Wire, WireError};
 use crate::{Check, Decision, Permit};
 
 const SCRIPT: &str = include_str!("decide.lua");
@@ -39,8 +42,9 @@ pub const CONCURRENCY_LEASE: Duration = Duration::from_secs(300);
 /// server for long (a decision costs it a few microseconds).
 pub const MAX_BATCH: usize = 128;
 
-/// Batches sent and not yet answered, at most. While all are out, new
-/// decisions queue and leave together as the next batch.
+/// Batches sent and not yet answered, at most: the number of batching
+/// tasks, each with its own connection. While all are out, new decisions
+/// queue and leave together as the next batch.
 pub const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Decisions waiting for a batch, at most; a decision that finds the queue
@@ -64,7 +68,7 @@ pub struct RedisError(pub String);
 /// Counters in Redis.
 pub struct Redis {
     link: Arc<Link>,
-    /// The batching task's queue, started by the first decision.
+    /// The batching tasks' queue, started by the first decision.
     queue: OnceLock<mpsc::Sender<Job>>,
     /// Source of unique concurrency-slot names.
     node: String,
@@ -75,8 +79,10 @@ pub struct Redis {
 
 /// The connection to Redis, shared by the decisions' batching task and the
 /// backend's other calls.
-struct Link {
+pub(crate) struct Link {
     client: redis::Client,
+    /// Where the batches' own connections go, and how they log in.
+    info: redis::ConnectionInfo,
     conn: ArcSwapOption<ConnectionManager>,
     /// Held while connecting, so the first calls of a node share one
     /// attempt instead of failing while another one connects.
@@ -115,8 +121,15 @@ struct Answer {
     server_now_us: i64,
     /// Allowed (1, 0, or [`MONTHS_OFF`]), then five values per limit.
     values: Vec<i64>,
-    /// The slots taken, with the connection that gives them back.
-    slots: Option<(ConnectionManager, Vec<String>, String)>,
+    /// The concurrency slots taken.
+    slots: Option<Slots>,
+}
+
+/// Concurrency slots a decision took, given back by [`release`].
+pub(crate) struct Slots {
+    link: Arc<Link>,
+    keys: Vec<String>,
+    member: String,
 }
 
 impl Redis {
@@ -126,6 +139,7 @@ impl Redis {
             .map_err(|e| RedisError(format!("TOLLGATE_REDIS_URL: {e}")))?;
         Ok(Redis {
             link: Arc::new(Link {
+                info: client.get_connection_info().clone(),
                 client,
                 conn: ArcSwapOption::empty(),
                 connecting: tokio::sync::Mutex::new(()),
@@ -195,9 +209,7 @@ impl Redis {
         if statuses.len() != checks.len() {
             return Err(unexpected());
         }
-        let permit = answer
-            .slots
-            .map(|(conn, held, member)| Permit::redis(conn, held, member));
+        let permit = answer.slots.map(Permit::redis);
         Ok(Decision {
             allowed,
             statuses,
@@ -209,7 +221,10 @@ impl Redis {
     async fn submit(&self, checks: &[Check<'_>], now_us: i64) -> Result<Answer, RedisError> {
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-            tokio::spawn(batcher(self.link.clone(), rx));
+            let rx = Arc::new(Mutex::new(rx));
+            for _ in 0..BATCHES_IN_FLIGHT {
+                tokio::spawn(batcher(self.link.clone(), rx.clone()));
+            }
             tx
         });
         let (reply, answer) = oneshot::channel();
@@ -345,82 +360,121 @@ impl Link {
     }
 }
 
-/// The batching task: takes what has queued, up to [`MAX_BATCH`], whenever
-/// fewer than [`BATCHES_IN_FLIGHT`] batches are out, and sends it. Ends
-/// when the backend is dropped.
-async fn batcher(link: Arc<Link>, mut queue: mpsc::Receiver<Job>) {
-    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+/// A batching task: takes its turn at the queue, takes what has queued
+/// there (up to [`MAX_BATCH`], waiting for one decision at least), sends
+/// it on its own connection and hands out the answers. Ends when the
+/// backend is dropped.
+async fn batcher(link: Arc<Link>, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    let mut wire = None;
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    let mut values = Vec::new();
     loop {
-        let Ok(slot) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let mut jobs = Vec::new();
-        if queue.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+        if queue.lock().await.recv_many(&mut jobs, MAX_BATCH).await == 0 {
             return;
         }
-        let link = link.clone();
-        tokio::spawn(async move {
-            run_batch(&link, jobs).await;
-            drop(slot);
-        });
+        run_batch(&link, &mut wire, &mut jobs, &mut values).await;
     }
 }
 
-/// Sends one batch and hands each decision its answer. A decision whose
-/// caller has gone (its request was cancelled) gives back the concurrency
-/// slots it took.
-async fn run_batch(link: &Link, jobs: Vec<Job>) {
-    let cmd = command(&link.script_hash, &jobs);
-    let reply = link
-        .within_timeout(|mut conn| async move {
-            let reply = eval(&cmd, &mut conn).await?;
-            Ok((reply, conn))
-        })
-        .await
-        .and_then(|(reply, conn)| Ok((numbers(&reply, &jobs)?, conn)));
-    let (values, conn) = match reply {
-        Ok(r) => r,
-        Err(e) => {
-            for job in jobs {
-                let _ = job.reply.send(Err(e.clone()));
+/// Sends one batch and hands each decision its answer (or the batch's
+/// error). A decision whose caller has gone (its request was cancelled)
+/// gives back the concurrency slots it took.
+async fn run_batch(
+    link: &Arc<Link>,
+    wire: &mut Option<Wire>,
+    jobs: &mut Vec<Job>,
+    values: &mut Vec<i64>,
+) {
+    let outcome = match tokio::time::timeout(link.timeout, exchange(link, wire, jobs, values)).await
+    {
+        Ok(Ok(())) => check(values, jobs),
+        Ok(Err(e)) => {
+            if matches!(e, WireError::Broken(_)) {
+                *wire = None;
             }
-            return;
+            Err(RedisError(e.to_string()))
+        }
+        Err(_) => {
+            // Cut off mid-exchange: the connection is out of step.
+            *wire = None;
+            Err(link.timed_out())
         }
     };
+    if let Err(e) = outcome {
+        for job in jobs.drain(..) {
+            let _ = job.reply.send(Err(e.clone()));
+        }
+        return;
+    }
     let server_now_us = values[0];
     let mut at = 1;
-    for job in jobs {
+    for job in jobs.drain(..) {
         let n = 1 + 5 * job.limits.len();
         let values = values[at..at + n].to_vec();
         at += n;
         let took = values[0] == 1 && !job.held.is_empty();
-        let slots = took.then(|| (conn.clone(), job.held, job.member));
+        let slots = took.then(|| Slots {
+            link: link.clone(),
+            keys: job.held,
+            member: job.member,
+        });
         let answer = Answer {
             server_now_us,
             values,
             slots,
         };
         if let Err(Ok(unclaimed)) = job.reply.send(Ok(answer))
-            && let Some((conn, held, member)) = unclaimed.slots
+            && let Some(slots) = unclaimed.slots
         {
-            release(conn, held, member);
+            release(slots);
         }
     }
 }
 
-/// The `EVALSHA` of a batch: the distinct counter keys, then each
-/// decision's arguments, its limits naming keys by index (see `decide.lua`).
-fn command(script_hash: &str, jobs: &[Job]) -> Cmd {
+/// Runs the batch's script call on `wire` (connecting first when there is
+/// none), loading the script when the server does not have it (after a
+/// restart or `SCRIPT FLUSH`). The reply's numbers go to `values`.
+async fn exchange(
+    link: &Link,
+    wire: &mut Option<Wire>,
+    jobs: &[Job],
+    values: &mut Vec<i64>,
+) -> Result<(), WireError> {
+    let w = match wire {
+        Some(w) => w,
+        None => wire.insert(Wire::connect(&link.info).await?),
+    };
+    encode(w, &link.script_hash, jobs);
+    w.send().await?;
+    match w.integers(values).await {
+        Err(WireError::Server(e)) if e.starts_with("NOSCRIPT") => {
+            w.start(3);
+            w.bulk(b"SCRIPT");
+            w.bulk(b"LOAD");
+            w.bulk(SCRIPT.as_bytes());
+            encode(w, &link.script_hash, jobs);
+            w.send().await?;
+            w.simple().await?;
+            w.integers(values).await
+        }
+        reply => reply,
+    }
+}
+
+/// Writes the `EVALSHA` of a batch to `wire`: the distinct counter keys,
+/// then each decision's arguments, its limits naming keys by index (see
+/// `decide.lua`).
+fn encode(wire: &mut Wire, script_hash: &str, jobs: &[Job]) {
     let mut index: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
     let mut keys = Vec::new();
     let mut args = Vec::with_capacity(jobs.len() * 8);
     for job in jobs {
         args.push(job.now_us.map_or(Arg::Empty, Arg::Int));
-        args.push(Arg::Member(&job.member));
+        args.push(Arg::Str(&job.member));
         args.push(Arg::Int(job.limits.len() as i64));
         let mut job_keys = job.keys.iter();
         for (kind, params) in &job.limits {
-            args.push(Arg::Kind(kind));
+            args.push(Arg::Str(kind));
             let (nkeys, nparams) = if *kind == "m" { (3, 5) } else { (1, 2) };
             for k in job_keys.by_ref().take(nkeys) {
                 let i = *index.entry(k.as_str()).or_insert_with(|| {
@@ -432,60 +486,36 @@ fn command(script_hash: &str, jobs: &[Job]) -> Cmd {
             args.extend(params[..nparams].iter().map(|p| Arg::Int(*p)));
         }
     }
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script_hash).arg(keys.len());
+    wire.start(3 + keys.len() + args.len());
+    wire.bulk(b"EVALSHA");
+    wire.bulk(script_hash.as_bytes());
+    wire.int(keys.len() as i64);
     for k in keys {
-        cmd.arg(k);
+        wire.bulk(k.as_bytes());
     }
     for a in args {
         match a {
-            Arg::Empty => cmd.arg(""),
-            Arg::Int(n) => cmd.arg(n),
-            Arg::Member(m) | Arg::Kind(m) => cmd.arg(m),
-        };
+            Arg::Empty => wire.bulk(b""),
+            Arg::Int(n) => wire.int(n),
+            Arg::Str(s) => wire.bulk(s.as_bytes()),
+        }
     }
-    cmd
 }
 
 /// One script argument, kept until the keys (which come first) are known.
 enum Arg<'a> {
     Empty,
     Int(i64),
-    Member(&'a str),
-    Kind(&'a str),
+    Str(&'a str),
 }
 
-/// Runs the script, loading it first when the server does not have it
-/// (after a restart or `SCRIPT FLUSH`).
-async fn eval(cmd: &Cmd, conn: &mut ConnectionManager) -> Result<Value, RedisError> {
-    let reply = match cmd.query_async(conn).await {
-        Err(e) if e.kind() == ErrorKind::NoScriptError => {
-            redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(SCRIPT)
-                .query_async::<()>(conn)
-                .await
-                .map_err(|e| RedisError(e.to_string()))?;
-            cmd.query_async(conn).await
-        }
-        reply => reply,
-    };
-    reply.map_err(|e| RedisError(e.to_string()))
-}
-
-/// The batch's reply as numbers, checked against the decisions it answers.
-fn numbers(reply: &Value, jobs: &[Job]) -> Result<Vec<i64>, RedisError> {
-    let Value::Array(items) = reply else {
-        return Err(unexpected());
-    };
+/// Checks the batch's reply against the decisions it answers.
+fn check(values: &[i64], jobs: &[Job]) -> Result<(), RedisError> {
     let expected = 1 + jobs.iter().map(|j| 1 + 5 * j.limits.len()).sum::<usize>();
-    if items.len() != expected {
+    if values.len() != expected {
         return Err(unexpected());
     }
-    items
-        .iter()
-        .map(|v| int(v).ok_or_else(unexpected))
-        .collect()
+    Ok(())
 }
 
 /// A count or limit as the script's integer argument (saturating; limits
@@ -498,17 +528,25 @@ fn unexpected() -> RedisError {
     RedisError("unexpected reply from the limit script".into())
 }
 
-/// Releases concurrency slots, in the background.
-pub(crate) fn release(mut conn: ConnectionManager, keys: Vec<String>, member: String) {
+/// Gives concurrency slots back, in the background.
+pub(crate) fn release(slots: Slots) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
     rt.spawn(async move {
-        let mut pipe = redis::pipe();
-        for k in &keys {
-            pipe.cmd("ZREM").arg(k).arg(&member).ignore();
-        }
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+        let Slots { link, keys, member } = slots;
+        let given_back = link
+            .within_timeout(|mut conn| async move {
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.cmd("ZREM").arg(k).arg(&member).ignore();
+                }
+                pipe.query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| RedisError(e.to_string()))
+            })
+            .await;
+        if let Err(e) = given_back {
             tracing::debug!(error = %e, "could not release a concurrency slot; its lease will end it");
         }
     });

@@ -87,6 +87,8 @@ fn redis_server_binary() -> Option<String> {
 pub struct RedisServer {
     binary: String,
     pub port: u16,
+    /// Settings given on the command line after the defaults.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -108,8 +110,16 @@ impl RedisServer {
         Some(RedisServer {
             binary,
             port,
+            args: Vec::new(),
             child: None,
         })
+    }
+
+    /// Adds `redis-server` settings (`["--requirepass", "s3cret"]`) for
+    /// every start.
+    pub fn with_args(mut self, args: &[&str]) -> RedisServer {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
     }
 
     pub fn url(&self) -> String {
@@ -122,6 +132,7 @@ impl RedisServer {
         let child = Command::new(&self.binary)
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

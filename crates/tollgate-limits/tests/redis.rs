@@ -844,6 +844,64 @@ async fn decisions_queued_together_share_script_calls() {
     }
 }
 
+// The batches' connection logs in as the URL says: a password alone, or an
+// ACL user and password; then the URL's database. A refused login fails
+// the decision with the server's reason.
+#[tokio::test(flavor = "current_thread")]
+async fn decisions_log_in_and_count_in_the_urls_database() {
+    let Some(server) = RedisServer::on_free_port() else {
+        return;
+    };
+    let mut server = server.with_args(&["--requirepass", "s3cret"]);
+    server.start();
+    let at = |auth: &str, db: u8| format!("redis://{auth}@127.0.0.1:{}/{db}", server.port);
+    let k = key(&subject("login"), "rate");
+    let checks = [check(&k, Rule::gcra(2, HOUR, None))];
+    let limiter = node(&at(":s3cret", 3));
+    for expected in [true, true, false] {
+        let d = limiter.decide(&checks, wall_us()).await.unwrap();
+        assert_eq!(d.allowed, expected);
+    }
+    let exists = |url: String, k: String| async move {
+        let client = ::redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        ::redis::cmd("EXISTS")
+            .arg(&k)
+            .query_async::<bool>(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert!(
+        exists(at(":s3cret", 3), k.clone()).await,
+        "not counted in db 3"
+    );
+    assert!(
+        !exists(at(":s3cret", 0), k.clone()).await,
+        "counted in db 0"
+    );
+
+    // An ACL user with its own password, in the default database.
+    let client = ::redis::Client::open(at(":s3cret", 0).as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    ::redis::cmd("ACL")
+        .arg(&["SETUSER", "limiter", "on", ">pw2", "~*", "+@all"])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let user = node(&at("limiter:pw2", 0));
+    assert!(user.decide(&checks, wall_us()).await.unwrap().allowed);
+    assert!(
+        exists(at(":s3cret", 0), k.clone()).await,
+        "not counted in db 0"
+    );
+
+    for refused in [at(":wrong", 0), at("limiter:wrong", 0)] {
+        let refused = node(&refused);
+        let err = refused.decide(&checks, wall_us()).await.unwrap_err();
+        assert!(err.0.contains("WRONGPASS"), "{err}");
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn each_decision_in_a_batch_is_decided_on_its_own() {
     let url = require_redis!();
