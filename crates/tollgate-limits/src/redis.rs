@@ -361,16 +361,36 @@ impl Link {
 }
 
 /// A batching task: takes its turn at the queue, takes what has queued
-/// there (up to [`MAX_BATCH`], waiting for one decision at least), sends
-/// it on its own connection and hands out the answers. Ends when the
-/// backend is dropped.
+/// there (up to [`MAX_BATCH`], waiting for one decision at least, then
+/// yielding its turn while that lets ready tasks add more), sends it on
+/// its own connection and hands out the answers. Ends when the backend is
+/// dropped.
 async fn batcher(link: Arc<Link>, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
     let mut wire = None;
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     let mut values = Vec::new();
     loop {
-        if queue.lock().await.recv_many(&mut jobs, MAX_BATCH).await == 0 {
-            return;
+        {
+            let mut queue = queue.lock().await;
+            if queue.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+                return;
+            }
+            // The first decision woke this task, often before the other
+            // tasks that are ready to run have queued theirs: let them
+            // run first, and take what they queued into this batch, for
+            // as long as a turn brings more.
+            while jobs.len() < MAX_BATCH {
+                tokio::task::yield_now().await;
+                let had = jobs.len();
+                while jobs.len() < MAX_BATCH
+                    && let Ok(job) = queue.try_recv()
+                {
+                    jobs.push(job);
+                }
+                if jobs.len() == had {
+                    break;
+                }
+            }
         }
         run_batch(&link, &mut wire, &mut jobs, &mut values).await;
     }

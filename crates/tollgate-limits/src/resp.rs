@@ -238,10 +238,31 @@ fn out_of_step(what: &str) -> WireError {
 
 /// A RESP integer's digits.
 fn number(digits: &[u8]) -> Result<i64, WireError> {
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| out_of_step("a malformed number"))
+    let (negative, magnitude) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    let malformed = || out_of_step("a malformed number");
+    if magnitude.is_empty() {
+        return Err(malformed());
+    }
+    // Accumulated as a negative number, whose range holds every i64.
+    let mut n: i64 = 0;
+    for &d in magnitude {
+        let v = d.wrapping_sub(b'0');
+        if v > 9 {
+            return Err(malformed());
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_sub(i64::from(v)))
+            .ok_or_else(malformed)?;
+    }
+    if negative {
+        Ok(n)
+    } else {
+        n.checked_neg().ok_or_else(malformed)
+    }
 }
 
 /// An error reply's text and length.
@@ -364,6 +385,24 @@ mod tests {
             parse_simple(b"$2\r\nabc\r\n"),
             Err(WireError::Broken(_))
         ));
+    }
+
+    #[test]
+    fn numbers_cover_the_range_of_i64_and_nothing_else() {
+        for n in [0, 7, -7, 1_700_000_000_000_000, i64::MAX, i64::MIN] {
+            assert_eq!(number(n.to_string().as_bytes()), Ok(n));
+        }
+        for bad in [
+            "",
+            "-",
+            "+1",
+            "1 ",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "1e3",
+        ] {
+            assert!(number(bad.as_bytes()).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
