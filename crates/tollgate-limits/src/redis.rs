@@ -54,7 +54,9 @@ const QUEUE_DEPTH: usize = 8192;
 /// Settings of the Redis backend.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://host:port/db` (or `rediss://`).
+    /// `redis://[user:password@]host:port/db`, or a Unix socket as
+    /// `unix:///path/redis.sock?db=N&pass=…&user=…`. TLS (`rediss://`) is
+    /// not built in and is refused at start.
     pub url: String,
     /// How long one decision may wait for Redis before it counts as failed.
     pub timeout: Duration,

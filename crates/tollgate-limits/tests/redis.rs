@@ -897,14 +897,16 @@ async fn a_burst_of_ready_decisions_leaves_in_one_batch() {
 }
 
 // The batches' connection logs in as the URL says: a password alone, or an
-// ACL user and password; then the URL's database. A refused login fails
-// the decision with the server's reason.
+// ACL user and password; then the URL's database; over TCP or a Unix
+// socket. A refused login fails the decision with the server's reason.
 #[tokio::test(flavor = "current_thread")]
 async fn decisions_log_in_and_count_in_the_urls_database() {
     let Some(server) = RedisServer::on_free_port() else {
         return;
     };
-    let mut server = server.with_args(&["--requirepass", "s3cret"]);
+    let socket = std::env::temp_dir().join(format!("tollgate-redis-{}.sock", server.port));
+    let socket = socket.to_str().unwrap().to_owned();
+    let mut server = server.with_args(&["--requirepass", "s3cret", "--unixsocket", &socket]);
     server.start();
     let at = |auth: &str, db: u8| format!("redis://{auth}@127.0.0.1:{}/{db}", server.port);
     let k = key(&subject("login"), "rate");
@@ -945,6 +947,14 @@ async fn decisions_log_in_and_count_in_the_urls_database() {
     assert!(
         exists(at(":s3cret", 0), k.clone()).await,
         "not counted in db 0"
+    );
+
+    // A Unix socket, with the password and database in the query.
+    let local = node(&format!("unix://{socket}?pass=s3cret&db=5"));
+    assert!(local.decide(&checks, wall_us()).await.unwrap().allowed);
+    assert!(
+        exists(at(":s3cret", 5), k.clone()).await,
+        "not counted in db 5"
     );
 
     for refused in [at(":wrong", 0), at("limiter:wrong", 0)] {
