@@ -79,8 +79,9 @@ pub struct Redis {
     fixed_clock: bool,
 }
 
-/// The connection to Redis, shared by the decisions' batching task and the
-/// backend's other calls.
+/// How the backend reaches Redis: the `redis` crate's connection for the
+/// calls other than decisions, and where the batching tasks' own
+/// connections go.
 pub(crate) struct Link {
     client: redis::Client,
     /// Where the batches' own connections go, and how they log in.
@@ -476,7 +477,11 @@ async fn exchange(
             w.bulk(SCRIPT.as_bytes());
             encode(w, &link.script_hash, jobs);
             w.send().await?;
-            w.simple().await?;
+            // The batch's reply follows unread if the load fails: the
+            // connection is out of step then.
+            w.simple()
+                .await
+                .map_err(|e| e.fatal("SCRIPT LOAD failed"))?;
             w.integers(values).await
         }
         reply => reply,

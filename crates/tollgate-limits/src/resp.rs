@@ -29,6 +29,17 @@ pub(crate) enum WireError {
     Broken(String),
 }
 
+impl WireError {
+    /// An error reply to a command that others follow on the wire, unread
+    /// or unwanted: the connection cannot be used further.
+    pub(crate) fn fatal(self, context: &str) -> WireError {
+        match self {
+            WireError::Server(m) => WireError::Broken(format!("{context}: {m}")),
+            broken => broken,
+        }
+    }
+}
+
 impl std::fmt::Display for WireError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -109,13 +120,10 @@ impl Wire {
         if replies > 0 {
             wire.send().await?;
             for _ in 0..replies {
-                wire.simple().await.map_err(|e| match e {
-                    // A refused AUTH or SELECT leaves this connection useless.
-                    WireError::Server(m) => {
-                        WireError::Broken(format!("Redis refused the connection: {m}"))
-                    }
-                    broken => broken,
-                })?;
+                // A refused AUTH or SELECT leaves this connection useless.
+                wire.simple()
+                    .await
+                    .map_err(|e| e.fatal("Redis refused the connection"))?;
             }
         }
         Ok(wire)

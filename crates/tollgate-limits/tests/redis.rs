@@ -957,6 +957,43 @@ async fn decisions_log_in_and_count_in_the_urls_database() {
         "not counted in db 5"
     );
 
+    // A user that may not load the script: its decisions fail, and its
+    // connection stays in step, until the script is loaded for it.
+    ::redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "runner",
+            "on",
+            ">pw3",
+            "~*",
+            "+@all",
+            "-script|load",
+        ])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    ::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let runner = redis(&at("runner:pw3", 0));
+    for _ in 0..2 {
+        let err = runner.decide(&checks, wall_us()).await.unwrap_err();
+        assert!(err.0.contains("NOPERM"), "{err}");
+    }
+    ::redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(include_str!("../src/decide.lua"))
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    // The second of db 0's two requests an hour, then a refusal.
+    for expected in [true, false] {
+        let d = runner.decide(&checks, wall_us()).await.unwrap();
+        assert_eq!(d.allowed, expected);
+    }
+
     for refused in [at(":wrong", 0), at("limiter:wrong", 0)] {
         let refused = node(&refused);
         let err = refused.decide(&checks, wall_us()).await.unwrap_err();
