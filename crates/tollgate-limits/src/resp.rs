@@ -289,7 +289,9 @@ fn parse_integers(buf: &[u8], into: &mut Vec<i64>) -> Result<Parsed, WireError> 
         Some((b'*', count)) => {
             let count = number(count)?;
             let count = usize::try_from(count).map_err(|_| out_of_step("a null array"))?;
-            into.reserve(count);
+            // Room for what has arrived (an item takes 4 bytes at least),
+            // not for whatever count the reply claims.
+            into.reserve(count.min(buf.len() / 4));
             for _ in 0..count {
                 let Some((item, next)) = line(buf, at)? else {
                     return Ok(Parsed::Partial);
@@ -351,6 +353,11 @@ mod tests {
             assert_eq!(p, Ok(Parsed::Partial), "cut at {cut}");
         }
         assert_eq!(parse_integers(b"*0\r\n", &mut v), Ok(Parsed::Whole(4)));
+        // A count far beyond what arrived allocates nothing for it.
+        let mut v = Vec::new();
+        let huge = b"*9223372036854775807\r\n:1\r\n";
+        assert_eq!(parse_integers(huge, &mut v), Ok(Parsed::Partial));
+        assert!(v.capacity() < 64, "reserved {}", v.capacity());
     }
 
     #[test]

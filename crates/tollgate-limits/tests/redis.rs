@@ -999,6 +999,8 @@ async fn decisions_log_in_and_count_in_the_urls_database() {
         let err = refused.decide(&checks, wall_us()).await.unwrap_err();
         assert!(err.0.contains("WRONGPASS"), "{err}");
     }
+    server.stop();
+    let _ = std::fs::remove_file(&socket);
 }
 
 #[tokio::test(flavor = "current_thread")]
