@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::client::ResponseBody;
+use crate::h1::RequestBody;
 use crate::upstream::{InFlight, now_ms};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -91,13 +91,13 @@ pub enum BodyError {
 /// connection to the target failed) can be sent again to another target.
 #[derive(Debug, Clone)]
 pub struct ReplayableBody {
-    slot: Arc<Mutex<Option<Incoming>>>,
+    slot: Arc<Mutex<Option<RequestBody>>>,
     hint: SizeHint,
     end: bool,
 }
 
 impl ReplayableBody {
-    pub fn new(body: Incoming) -> Self {
+    pub fn new(body: RequestBody) -> Self {
         let hint = body.size_hint();
         let end = body.is_end_stream();
         ReplayableBody {
@@ -156,8 +156,8 @@ impl UpstreamBody {
 /// The request body as sent upstream, with the size limit and the idle deadline.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    slot: Option<Arc<Mutex<Option<Incoming>>>>,
-    inner: Option<Incoming>,
+    slot: Option<Arc<Mutex<Option<RequestBody>>>>,
+    inner: Option<RequestBody>,
     hint: SizeHint,
     end: bool,
     limit: Option<u64>,
@@ -207,7 +207,7 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.wire.set(Tripped::ClientError);
-                Poll::Ready(Some(Err(Box::new(e))))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
                 this.end = true;

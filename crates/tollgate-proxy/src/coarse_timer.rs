@@ -1,21 +1,20 @@
-//! A coarse timer for hyper's HTTP/1 header deadline.
+//! A coarse timer for the HTTP/1 keep-alive deadline.
 //!
-//! hyper arms a header-read deadline for every request head it waits for:
-//! a clock read, a boxed tokio `Sleep` registered in the runtime's timer
-//! wheel when the head is awaited and taken out again when it arrives. That
-//! cost about 900 instructions per request (3% of a pass-through request
-//! under callgrind) for a deadline that is only a backstop: the framing
-//! guard answers a slow head with 408 itself (`crate::framing`), so hyper's
-//! deadline, set a second later, only has to close keep-alive connections
-//! that stay idle. For that, a quarter of a second late is as good as on
-//! time.
+//! Between requests an HTTP/1 connection waits for the next head, and a
+//! connection that stays idle must be closed some time after the header
+//! deadline. Arming a tokio timer for that on every request (a clock read, a
+//! boxed `Sleep` put in the runtime's timer wheel and taken out again when
+//! the head arrives) cost about 900 instructions per request under
+//! callgrind, 3% of a pass-through request, for a deadline where a quarter
+//! of a second late is as good as on time (decision 0013). A head that has
+//! started and does not finish in time is answered 408 on tokio's precise
+//! timer ([`crate::h1`]); only the idle wait uses this one.
 //!
-//! [`CoarseTimer`] keeps its deadlines in one process-wide table. A
-//! background thread wakes every [`TICK`], wakes the sleeps whose deadline
-//! has passed and refreshes the coarse clock that [`CoarseTimer::now`]
-//! returns. Arming a sleep is one uncontended lock and a slot in a vector;
-//! nothing is allocated beyond hyper's own box, and the clock is not read
-//! on the request path at all.
+//! Deadlines live in one process-wide table. A background thread wakes
+//! every [`TICK`], wakes the sleeps whose deadline has passed and refreshes
+//! the coarse clock that [`now`] returns. Arming a sleep is one uncontended
+//! lock and a slot in a vector; nothing is allocated, and the clock is not
+//! read on the request path at all.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -93,41 +92,25 @@ fn shared() -> &'static Shared {
                 }
             });
         if let Err(e) = started {
-            // Without the thread no deadline fires; the framing guard's
-            // own deadlines (tokio timers) still answer slow heads.
+            // Without the thread no idle deadline fires; slow heads are
+            // still answered on tokio's timer.
             tracing::error!(error = %e, "cannot start the coarse timer thread");
         }
         shared
     })
 }
 
-/// hyper's timer for HTTP/1 connections. See the module documentation.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CoarseTimer;
+/// The time at the last tick: at most [`TICK`] behind the clock.
+pub(crate) fn now() -> Instant {
+    let s = shared();
+    s.base + Duration::from_nanos(s.elapsed_ns.load(Ordering::Relaxed))
+}
 
-impl hyper::rt::Timer for CoarseTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(self.now() + duration)
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(CoarseSleep {
-            deadline,
-            slot: None,
-        })
-    }
-
-    /// The time at the last tick: at most [`TICK`] behind the clock.
-    fn now(&self) -> Instant {
-        let s = shared();
-        s.base + Duration::from_nanos(s.elapsed_ns.load(Ordering::Relaxed))
-    }
-
-    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
-        match sleep.as_mut().downcast_mut_pin::<CoarseSleep>() {
-            Some(mut s) => s.as_mut().get_mut().reset(new_deadline),
-            None => *sleep = self.sleep_until(new_deadline),
-        }
+/// A deadline `duration` after the coarse clock's current reading.
+pub(crate) fn sleep(duration: Duration) -> CoarseSleep {
+    CoarseSleep {
+        deadline: now() + duration,
+        slot: None,
     }
 }
 
@@ -137,18 +120,6 @@ impl hyper::rt::Timer for CoarseTimer {
 pub struct CoarseSleep {
     deadline: Instant,
     slot: Option<usize>,
-}
-
-impl CoarseSleep {
-    fn reset(&mut self, deadline: Instant) {
-        self.deadline = deadline;
-        if let Some(i) = self.slot
-            && let Some(Some(e)) = shared().lock().slots.get_mut(i)
-        {
-            e.deadline = deadline;
-            e.fired = false;
-        }
-    }
 }
 
 impl Future for CoarseSleep {
@@ -191,8 +162,6 @@ impl Future for CoarseSleep {
     }
 }
 
-impl hyper::rt::Sleep for CoarseSleep {}
-
 impl Drop for CoarseSleep {
     fn drop(&mut self) {
         if let Some(i) = self.slot.take() {
@@ -208,33 +177,15 @@ impl Drop for CoarseSleep {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::rt::Timer;
 
     #[tokio::test]
     async fn a_sleep_fires_after_its_deadline_and_within_a_tick_or_two() {
-        let timer = CoarseTimer;
         let started = Instant::now();
-        timer.sleep(Duration::from_millis(300)).await;
+        sleep(Duration::from_millis(300)).await;
         let took = started.elapsed();
         // The deadline counts from the coarse clock, which may lag by a tick.
         assert!(took >= Duration::from_millis(300) - TICK, "{took:?}");
         assert!(took < Duration::from_millis(300) + 3 * TICK, "{took:?}");
-    }
-
-    /// Polls once.
-    async fn poll_once(sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>) -> Poll<()> {
-        std::future::poll_fn(|cx| Poll::Ready(sleep.as_mut().poll(cx))).await
-    }
-
-    #[tokio::test]
-    async fn a_reset_moves_the_deadline_earlier() {
-        let timer = CoarseTimer;
-        let mut sleep = timer.sleep(Duration::from_secs(3600));
-        assert!(poll_once(&mut sleep).await.is_pending());
-        let started = Instant::now();
-        timer.reset(&mut sleep, timer.now() + Duration::from_millis(100));
-        sleep.as_mut().await;
-        assert!(started.elapsed() < Duration::from_millis(100) + 3 * TICK);
     }
 
     #[tokio::test]
@@ -261,10 +212,9 @@ mod tests {
 
     #[test]
     fn the_coarse_clock_trails_the_real_one_by_at_most_about_a_tick() {
-        let timer = CoarseTimer;
-        let _ = timer.now();
+        let _ = now();
         std::thread::sleep(2 * TICK);
-        let lag = Instant::now().saturating_duration_since(timer.now());
+        let lag = Instant::now().saturating_duration_since(now());
         assert!(lag <= 2 * TICK, "{lag:?}");
     }
 }

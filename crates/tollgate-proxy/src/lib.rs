@@ -19,6 +19,7 @@ pub mod client;
 mod coarse_timer;
 pub mod error;
 mod framing;
+pub mod h1;
 pub mod headers;
 mod health;
 mod metrics;

@@ -4,20 +4,21 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::Request;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::coarse_timer::CoarseTimer;
-use crate::framing::{FramingIo, HeadLimits};
-
-/// How much later than the gateway's own header deadline hyper's fires.
-const HYPER_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+use crate::h1::{self, HeadLimits, RequestBody, Wire};
 use crate::service::{ConnInfo, handle};
 use crate::settings::{ProxySettings, TlsFiles};
 use crate::snapshot::Gateway;
@@ -106,30 +107,20 @@ fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, ListenError> {
 
 /// Serves the proxy until `shutdown` is cancelled, then stops accepting and
 /// lets in-flight requests finish for up to `shutdown_grace`.
+///
+/// HTTP/1.x runs on Tollgate's own connection code ([`crate::h1`]); HTTP/2,
+/// chosen by ALPN over TLS or by the prior-knowledge preface in cleartext,
+/// runs on hyper's.
 pub async fn serve(listener: Listener, gw: Arc<Gateway>, shutdown: CancellationToken) {
     let settings = gw.settings.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        // The framing guard enforces the head limits and deadline with problem
-        // answers; hyper's own, set wider, are the backstop (and close idle
-        // keep-alive connections). A backstop that may fire a tick late runs
-        // on the coarse timer, which costs next to nothing per request.
-        .timer(CoarseTimer)
-        .header_read_timeout(settings.header_read_timeout + HYPER_SLACK)
-        .max_buf_size((settings.max_header_bytes + HeadLimits::SLACK).max(8192))
-        .max_headers(256)
-        // Small heads and bodies go out in one flat write rather than writev.
-        .writev(false);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(settings.max_header_bytes as u32)
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
-    let builder = Arc::new(builder);
+    let h2 = Arc::new(h2);
     let permits = Arc::new(Semaphore::new(settings.max_connections));
-    let graceful = GracefulShutdown::new();
+    let tracker = TaskTracker::new();
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -149,17 +140,25 @@ pub async fn serve(listener: Listener, gw: Arc<Gateway>, shutdown: CancellationT
         };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
-        let builder = builder.clone();
+        let h2 = h2.clone();
         let tls = listener.tls.clone();
-        let watcher = graceful.watcher();
+        let shutdown = shutdown.clone();
         let header_timeout = settings.header_read_timeout;
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             match tls {
-                None => serve_conn(stream, peer, false, gw, &builder, watcher).await,
+                None => serve_plain(stream, peer, gw, &h2, shutdown).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            serve_conn(tls_stream, peer, true, gw, &builder, watcher).await
+                            let alpn_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let conn = Arc::new(ConnInfo::new(peer, true));
+                            if alpn_h2 {
+                                serve_h2(tls_stream, conn, gw, &h2, shutdown).await;
+                            } else {
+                                let wire = Wire::new(Box::new(tls_stream), BytesMut::new());
+                                let limits = head_limits(&gw);
+                                h1::serve(wire, gw, conn, limits, shutdown).await;
+                            }
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -170,7 +169,8 @@ pub async fn serve(listener: Listener, gw: Arc<Gateway>, shutdown: CancellationT
         });
     }
     drop(listener);
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
+    tracker.close();
+    if tokio::time::timeout(settings.shutdown_grace, tracker.wait())
         .await
         .is_err()
     {
@@ -178,42 +178,129 @@ pub async fn serve(listener: Listener, gw: Arc<Gateway>, shutdown: CancellationT
     }
 }
 
-async fn serve_conn<IO>(
-    io: IO,
-    peer: SocketAddr,
-    tls: bool,
-    gw: Arc<Gateway>,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-) where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let limits = HeadLimits {
+fn head_limits(gw: &Gateway) -> HeadLimits {
+    HeadLimits {
         max_bytes: gw.settings.max_header_bytes,
         max_fields: gw.settings.max_headers,
         deadline: gw.settings.header_read_timeout,
-    };
-    let header_timeout = gw.settings.header_read_timeout + HYPER_SLACK;
-    let (io, verdicts) = FramingIo::new(io, limits);
-    let conn = Arc::new(ConnInfo::new(peer, tls, verdicts.clone()));
-    let svc = service_fn(move |req| handle(gw.clone(), conn.clone(), req));
-    let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    let fut = watcher.watch(fut.into_owned());
-    tokio::pin!(fut);
-    // hyper's header deadline only starts once the protocol is known, so a
-    // client that sends nothing (or part of the HTTP/2 preface) would hold the
-    // connection for ever: without a first request in time, it is closed.
-    let res = tokio::select! {
-        res = &mut fut => res,
-        _ = tokio::time::sleep(header_timeout) => {
-            if verdicts.requests() == 0 {
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A cleartext connection: HTTP/2 if it opens with the HTTP/2 preface,
+/// HTTP/1.x otherwise. A client that sends nothing (or part of the preface)
+/// within the header deadline is disconnected.
+async fn serve_plain(
+    stream: TcpStream,
+    peer: SocketAddr,
+    gw: Arc<Gateway>,
+    h2: &Http2Builder,
+    shutdown: CancellationToken,
+) {
+    let mut stream = stream;
+    let mut buf = BytesMut::with_capacity(4096);
+    let deadline = tokio::time::Instant::now() + gw.settings.header_read_timeout;
+    let is_h2 = loop {
+        let seen = buf.len().min(H2_PREFACE.len());
+        if buf[..seen] != H2_PREFACE[..seen] {
+            break false;
+        }
+        if seen == H2_PREFACE.len() {
+            break true;
+        }
+        let read = tokio::select! {
+            r = stream.read_buf(&mut buf) => r,
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(deadline) => {
                 tracing::debug!(%peer, "no request within the header deadline; closing");
                 return;
             }
+        };
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    };
+    let conn = Arc::new(ConnInfo::new(peer, false));
+    if is_h2 {
+        serve_h2(Rewind::new(stream, buf.freeze()), conn, gw, h2, shutdown).await;
+    } else {
+        let limits = head_limits(&gw);
+        h1::serve(Wire::new(Box::new(stream), buf), gw, conn, limits, shutdown).await;
+    }
+}
+
+type Http2Builder = hyper::server::conn::http2::Builder<TokioExecutor>;
+
+async fn serve_h2<IO>(
+    io: IO,
+    conn: Arc<ConnInfo>,
+    gw: Arc<Gateway>,
+    builder: &Http2Builder,
+    shutdown: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+        handle(gw.clone(), conn.clone(), req.map(RequestBody::H2))
+    });
+    let fut = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(fut);
+    let res = tokio::select! {
+        res = &mut fut => res,
+        _ = shutdown.cancelled() => {
+            fut.as_mut().graceful_shutdown();
             fut.await
         }
     };
     if let Err(e) = res {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+struct Rewind<T> {
+    pre: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    fn new(inner: T, pre: Bytes) -> Self {
+        Rewind { pre, inner }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            let pre = self.pre.split_to(n);
+            buf.put_slice(&pre);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

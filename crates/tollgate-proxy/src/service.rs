@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tollgate_identity::oauth::OAuthServer;
 use tollgate_policies::{Arrival, LogSummary, Reply, RequestCtx};
@@ -17,7 +15,8 @@ use tollgate_telemetry::{RequestTrace, SpanHandle, SpanKind, attr, span_name};
 use crate::body::{ProxyBody, Recording, ReplayableBody, TripWire, Tripped};
 use crate::client::{RequestHead, ResponseBody};
 use crate::error::ProxyError;
-use crate::framing::{Refusal, Verdicts};
+use crate::framing::Refusal;
+use crate::h1::{OnUpgrade, RequestBody};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::pool;
 use crate::router::{Miss, has_dot_segment, request_host};
@@ -29,17 +28,15 @@ use crate::upstream::{Admit, InFlight, TrialGuard, ms_at};
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
-    pub(crate) verdicts: Arc<Verdicts>,
     /// The peer as the forwarding headers show it.
     pub(crate) forwarded: headers::Peer,
 }
 
 impl ConnInfo {
-    pub(crate) fn new(peer: SocketAddr, tls: bool, verdicts: Arc<Verdicts>) -> ConnInfo {
+    pub(crate) fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
         ConnInfo {
             peer,
             tls,
-            verdicts,
             forwarded: headers::Peer::new(peer.ip(), if tls { "https" } else { "http" }),
         }
     }
@@ -51,7 +48,7 @@ impl ConnInfo {
 pub async fn handle(
     gw: Arc<Gateway>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let arrival = Arrival::now();
     let request_id = headers::request_id_at(req.headers(), arrival.unix_ms() as u64);
@@ -106,14 +103,14 @@ fn record_unrouted(
 async fn proxy(
     gw: &Gateway,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     request_id: &HeaderValue,
     arrival: Arrival,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    match conn.verdicts.next_request() {
+    match req.extensions().get::<Refusal>() {
         None => {}
         Some(Refusal::Framing(why)) => return Err(ProxyError::Smuggling(why)),
-        Some(Refusal::HeadTooLarge(why)) => return Err(ProxyError::HeadersTooLarge(why)),
+        Some(Refusal::HeadTooLarge(why)) => return Err(ProxyError::HeadersTooLarge(why.clone())),
     }
     let (mut parts, body) = req.into_parts();
     let uri = parts.uri.clone();
@@ -269,7 +266,7 @@ async fn proxy(
         parts.headers.remove(&headers::TRACESTATE);
     }
     let on_client_upgrade = if client_upgrade.is_some() {
-        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        parts.extensions.remove::<OnUpgrade>()
     } else {
         None
     };
@@ -437,21 +434,23 @@ impl Rec<'_> {
 /// Carries bytes both ways between the client's upgraded connection and
 /// the upstream's, starting with what the upstream sent right behind its 101.
 async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
+    client: OnUpgrade,
     mut upstream: tokio::net::TcpStream,
     early: bytes::Bytes,
     guard: InFlight,
 ) {
     use tokio::io::AsyncWriteExt;
-    match client.await {
-        Ok(c) => {
-            let mut c = TokioIo::new(c);
-            if !early.is_empty() && c.write_all(&early).await.is_err() {
+    match client.upgraded().await {
+        Some(mut c) => {
+            if !early.is_empty() && c.io.write_all(&early).await.is_err() {
                 return;
             }
-            let _ = tokio::io::copy_bidirectional(&mut c, &mut upstream).await;
+            if !c.early.is_empty() && upstream.write_all(&c.early).await.is_err() {
+                return;
+            }
+            let _ = tokio::io::copy_bidirectional(&mut c.io, &mut upstream).await;
         }
-        Err(e) => tracing::debug!(error = %e, "client upgrade failed"),
+        None => tracing::debug!("the client connection was not handed over"),
     }
     drop(guard);
 }
@@ -468,7 +467,7 @@ fn short(s: &str) -> &str {
 async fn oauth_endpoint(
     oauth: &Arc<OAuthServer>,
     parts: http::request::Parts,
-    body: Incoming,
+    body: RequestBody,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     use http_body_util::BodyExt;
     let limit = tollgate_identity::oauth::MAX_FORM_BYTES as u64;

@@ -9,7 +9,7 @@ use super::{ClientError, MAX_CHUNK_LINE, MAX_HEAD_BYTES};
 
 /// Where the chunked decoder is.
 #[derive(Debug)]
-pub(super) enum Chunk {
+pub(crate) enum Chunk {
     /// Expecting a chunk-size line.
     Size,
     /// Inside a chunk: this many data bytes remain.
@@ -21,7 +21,7 @@ pub(super) enum Chunk {
 }
 
 /// One step of the chunked decoder.
-pub(super) enum Decoded {
+pub(crate) enum Decoded {
     Data(Bytes),
     /// A size line or a chunk's CRLF was consumed.
     Progress,
@@ -30,7 +30,7 @@ pub(super) enum Decoded {
     NeedMore,
 }
 
-pub(super) fn decode_chunk(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, ClientError> {
+pub(crate) fn decode_chunk(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, ClientError> {
     match state {
         Chunk::Size => {
             let Some(nl) = memchr::memchr(b'\n', buf) else {

@@ -53,7 +53,7 @@ use tokio::net::TcpStream;
 use crate::body::{BoxError, UpstreamBody};
 
 mod body;
-mod chunked;
+pub(crate) mod chunked;
 
 use body::Kind;
 pub use body::ResponseBody;
@@ -423,7 +423,9 @@ impl Connection {
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             return Ok(Some((Response::new(()), Next::Interim, true)));
         }
-        let mut headers = HeaderMap::with_capacity(spans.len());
+        // Room for the fields the gateway adds to a response (request id,
+        // rate-limit fields), so that adding them does not grow the map.
+        let mut headers = HeaderMap::with_capacity(spans.len() + 4);
         let mut close = version == Version::HTTP_10;
         let mut length: Option<u64> = None;
         let mut transfer: Option<bool> = None;
