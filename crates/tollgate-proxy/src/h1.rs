@@ -65,8 +65,10 @@ const MIN_READ: usize = 2048;
 /// Response body frames up to this size are copied behind the head and sent
 /// in one write; larger ones are written on their own.
 const COALESCE: usize = 16 * 1024;
-/// Fields the gateway may add to a request before it goes upstream.
-const ADDED_FIELDS: usize = 8;
+/// Fields the gateway may add to a request before it goes upstream:
+/// forwarding (4), request id, trace context (2), identity (up to 6) and
+/// room to spare.
+const ADDED_FIELDS: usize = 16;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The socket and what has been read from it but not yet used.
