@@ -13,6 +13,13 @@
 # the hook quick under valgrind) are used as bench/run.sh uses them.
 # OUT.1 is the callgrind file of the measured requests; read it with
 # callgrind_annotate or bench/tools/cgsum.py.
+# Function names need a binary valgrind can read: Debian's valgrind 3.19
+# finds no symbols in one linked by rust-lld (rustc's default linker on
+# x86_64 Linux since 1.90), so build the profiled binary with
+#   RUSTFLAGS="-C link-arg=-fuse-ld=bfd" CARGO_TARGET_DIR=/tmp/bfd-target \
+#     cargo build --release -p tollgate
+# (its own target directory, so the usual one is not rebuilt). The totals
+# are the same either way.
 set -euo pipefail
 BIN=$1; CFG=$2; OUT=${3:-/tmp/tollgate-callgrind.out}
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

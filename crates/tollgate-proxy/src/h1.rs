@@ -443,7 +443,9 @@ impl Connection {
             }
             response
         };
-        if self.shutdown.is_cancelled() {
+        // The service closes the connection after answers that leave it
+        // untrustworthy (`Connection: close` on its response).
+        if self.shutdown.is_cancelled() || asks_to_close(response.headers()) {
             keep_alive = false;
         }
         let out = &mut self.out;
@@ -465,6 +467,15 @@ impl Connection {
             }
         }
     }
+}
+
+/// Whether a `Connection` field lists `close`.
+fn asks_to_close(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
 }
 
 /// Reads and parses the next request head.
@@ -625,7 +636,9 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Box<Head
                 }
             }
         } else if name == header::EXPECT {
-            expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            // HTTP/1.0 has no interim responses (RFC 9110 section 10.1.1).
+            expect_continue = version == Version::HTTP_11
+                && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         } else if name == header::UPGRADE {
             upgrade = version == Version::HTTP_11;
         }
@@ -1003,6 +1016,22 @@ mod tests {
             .find_map(|l| l.strip_prefix("x-request-id: "))
             .expect("request id");
         assert!(body.contains("request_timeout") && body.contains(id));
+    }
+
+    #[test]
+    fn close_is_found_in_any_connection_field() {
+        let mut h = HeaderMap::new();
+        assert!(!asks_to_close(&h));
+        h.append(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        assert!(!asks_to_close(&h));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-foo, Close"));
+        assert!(asks_to_close(&h));
+    }
+
+    #[test]
+    fn expect_continue_is_ignored_from_http10_clients() {
+        let h = head("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
+        assert!(!h.expect_continue);
     }
 
     #[test]
