@@ -97,13 +97,22 @@ fn assert_dated(res: &RawResponse, what: &str) {
 #[tokio::test]
 async fn unparsable_head_is_400_and_closes() {
     let (gw, up) = echo_gateway(settings()).await;
+    let request = "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n";
+    assert_eq!(answered_then_closed(&gw, request, 400).await, "bad_request");
+    assert_eq!(up.stats.requests(), 0);
+}
+
+/// Sends `request` on a new connection and returns the problem code of its
+/// answer, after checking the status, `connection: close` and that the
+/// connection then closes.
+async fn answered_then_closed(gw: &TestGateway, request: &str, status: u16) -> String {
     let mut raw = Raw::connect(gw.addr).await;
-    raw.send("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n").await;
+    raw.send(request).await;
     let res = raw.response().await;
-    assert_eq!(res.problem(400), "bad_request");
+    let code = res.problem(status);
     assert_eq!(res.header("connection"), Some("close"));
     raw.closed().await;
-    assert_eq!(up.stats.requests(), 0);
+    code
 }
 
 /// A head far beyond `max_header_bytes` (past the slack the connection reads
@@ -114,16 +123,14 @@ async fn head_far_over_the_limit_is_431_problem_and_closes() {
     let mut s = settings();
     s.max_header_bytes = 16 * 1024;
     let (gw, up) = echo_gateway(s).await;
-    let mut raw = Raw::connect(gw.addr).await;
-    raw.send(format!(
+    let request = format!(
         "GET /x HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
         "a".repeat(200 * 1024)
-    ))
-    .await;
-    let res = raw.response().await;
-    assert_eq!(res.problem(431), "headers_too_large");
-    assert_eq!(res.header("connection"), Some("close"));
-    raw.closed().await;
+    );
+    assert_eq!(
+        answered_then_closed(&gw, &request, 431).await,
+        "headers_too_large"
+    );
     assert_eq!(up.stats.requests(), 0);
 }
 
