@@ -153,6 +153,8 @@ pub struct H1Body {
     state: BodyState,
     /// Bytes of the `100 Continue` still to write before the first read.
     interim: usize,
+    /// The `100 Continue` is written but maybe not flushed (TLS).
+    flush_interim: bool,
 }
 
 impl std::fmt::Debug for H1Body {
@@ -209,10 +211,12 @@ impl H1Body {
                     return Poll::Ready(Some(Err(RequestBodyError::Closed)));
                 }
                 self.interim -= n;
-                if self.interim == 0 {
-                    ready!(Pin::new(&mut wire.io).poll_flush(cx))?;
-                }
+                self.flush_interim = self.interim == 0;
                 continue;
+            }
+            if self.flush_interim {
+                ready!(Pin::new(&mut wire.io).poll_flush(cx))?;
+                self.flush_interim = false;
             }
             match &mut self.state {
                 BodyState::Length(0) => {
@@ -230,7 +234,7 @@ impl H1Body {
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                 }
-                BodyState::Chunked(chunk) => match decode_chunk(&mut wire.buf, chunk) {
+                BodyState::Chunked(chunk) => match decode_chunk(&mut wire.buf, chunk, true) {
                     Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                     Ok(Decoded::Progress) => continue,
                     Ok(Decoded::End(trailers)) => {
@@ -353,6 +357,7 @@ pub async fn serve(
         shutdown,
         home: Arc::new(Mutex::new(None)),
         out: BytesMut::with_capacity(4096),
+        read_closed: false,
     };
     let mut wire = wire;
     while let Some(next) = c.exchange(wire).await {
@@ -370,6 +375,9 @@ struct Connection {
     home: Home,
     /// The write buffer, kept for the connection's life.
     out: BytesMut,
+    /// The client has closed its side; what it sent before is still
+    /// answered.
+    read_closed: bool,
 }
 
 impl Connection {
@@ -401,6 +409,7 @@ impl Connection {
                 .insert(OnUpgrade(Arc::new(Mutex::new(Some(rx)))));
             tx
         });
+        let mut body_left = Left::Nothing;
         let response = if framing == BodyFraming::Empty {
             // While the request is handled, the connection is watched: a
             // client that goes away cancels it (its upstream exchange, a
@@ -408,13 +417,20 @@ impl Connection {
             // pipelined request is read ahead, up to the head limits.
             let handled = handle(self.gw.clone(), self.conn.clone(), request);
             tokio::pin!(handled);
-            let mut watch = true;
+            let mut watch = !self.read_closed;
             loop {
                 tokio::select! {
                     biased;
                     Ok(response) = &mut handled => break response,
                     read = wire.fill(), if watch => match read {
-                        Ok(0) | Err(_) => return None,
+                        // Gone, with nothing more to answer: cancel.
+                        Ok(0) | Err(_) if wire.buf.is_empty() => return None,
+                        // A client that half-closed after pipelining
+                        // requests still gets its answers.
+                        Ok(0) | Err(_) => {
+                            self.read_closed = true;
+                            watch = false;
+                        }
                         Ok(_) => watch = wire.buf.len() <= self.limits.max_bytes,
                     },
                 }
@@ -428,6 +444,7 @@ impl Connection {
                     _ => BodyState::Chunked(Chunk::Size),
                 },
                 interim: if expect_continue { CONTINUE.len() } else { 0 },
+                flush_interim: false,
             });
             let Ok(response) = handle(self.gw.clone(), self.conn.clone(), request).await;
             // The body has been dropped with the request by now; if it was
@@ -435,6 +452,7 @@ impl Connection {
             let back = self.home.lock().unwrap_or_else(|e| e.into_inner()).take();
             let (back, left) = back?;
             wire = back;
+            body_left = left;
             match left {
                 Left::Nothing => {}
                 // What is left of the body has arrived already: skip it.
@@ -450,6 +468,10 @@ impl Connection {
         }
         let out = &mut self.out;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // Unread request body bytes must not pass for the new protocol's.
+            if body_left != Left::Nothing {
+                return None;
+            }
             let tx = upgrade?;
             out.clear();
             encode_head(out, &response, version, None, keep_alive);
@@ -481,6 +503,10 @@ fn asks_to_close(headers: &HeaderMap) -> bool {
 /// Reads and parses the next request head.
 async fn read_head(wire: &mut Wire, limits: &HeadLimits, shutdown: &CancellationToken) -> Read {
     let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // One idle deadline per head: blank lines, which are skipped, do not
+    // put it off.
+    let idle = coarse_timer::sleep(limits.deadline + IDLE_SLACK);
+    tokio::pin!(idle);
     loop {
         // Empty lines before a request line are ignored (RFC 9112 section 2.2).
         let blank = wire
@@ -501,11 +527,10 @@ async fn read_head(wire: &mut Wire, limits: &HeadLimits, shutdown: &Cancellation
         }
         let read = if wire.buf.is_empty() {
             // Between requests: wait for one, up to the idle deadline.
-            let idle = coarse_timer::sleep(limits.deadline + IDLE_SLACK);
             tokio::select! {
                 biased;
                 r = wire.fill() => r,
-                () = idle => return Read::Close,
+                () = &mut idle => return Read::Close,
                 () = shutdown.cancelled() => return Read::Close,
             }
         } else {
@@ -604,13 +629,6 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Box<Head
             limits.max_fields
         )));
     }
-    let framing = match body_framing(req.headers) {
-        Ok(f) => f,
-        Err(why) => {
-            refusal.get_or_insert(why);
-            BodyFraming::Empty
-        }
-    };
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
         .map_err(|_| bad_request("invalid request method"))?;
     let version = if req.version == Some(0) {
@@ -618,10 +636,26 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Box<Head
     } else {
         Version::HTTP_11
     };
+    let framing = match body_framing(req.headers) {
+        // RFC 9112 section 6.1: an HTTP/1.0 message with a transfer coding
+        // is faulty framing; a 1.0 intermediary would not have decoded it.
+        Ok(BodyFraming::Chunked) if version == Version::HTTP_10 => {
+            refusal.get_or_insert(Refusal::Framing(
+                "an HTTP/1.0 request has a Transfer-Encoding",
+            ));
+            BodyFraming::Empty
+        }
+        Ok(f) => f,
+        Err(why) => {
+            refusal.get_or_insert(why);
+            BodyFraming::Empty
+        }
+    };
     let target = span_of(buf, req.path.unwrap_or("").as_bytes());
     let mut keep_alive = version == Version::HTTP_11;
     let mut expect_continue = false;
     let mut upgrade = false;
+    let mut hosts = 0;
     let mut spans: Vec<(HeaderName, (usize, usize))> = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -641,8 +675,16 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Box<Head
                 && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         } else if name == header::UPGRADE {
             upgrade = version == Version::HTTP_11;
+        } else if name == header::HOST {
+            hosts += 1;
         }
         spans.push((name, span_of(buf, h.value)));
+    }
+    // RFC 9112 section 3.2: exactly one Host in HTTP/1.1.
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+        return Err(bad_request(
+            "an HTTP/1.1 request needs exactly one Host field",
+        ));
     }
     let raw = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(raw.slice(target.0..target.1))
@@ -654,6 +696,13 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Box<Head
         let value = HeaderValue::from_maybe_shared(raw.slice(start..end))
             .map_err(|_| bad_request("invalid header field value"))?;
         headers.append(name, value);
+    }
+    // RFC 9112 section 3.2.2: with an absolute-form target, the target's
+    // authority is the host, whatever the Host field says.
+    if let Some(authority) = uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, host);
     }
     let mut request = Request::new(RequestBody::Empty);
     *request.method_mut() = method;
@@ -712,13 +761,19 @@ fn encode_head(
     });
     out.extend_from_slice(status.as_str().as_bytes());
     out.extend_from_slice(b" ");
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    // The upstream's own reason phrase, when it had one (the client keeps it).
+    match res.extensions().get::<hyper::ext::ReasonPhrase>() {
+        Some(reason) => out.extend_from_slice(reason.as_bytes()),
+        None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
+    }
     out.extend_from_slice(b"\r\n");
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    // RFC 9110 section 8.6: no Content-Length in a 1xx or a 204.
+    let lengthless = status.is_informational() || status == StatusCode::NO_CONTENT;
     let mut dated = false;
     for (name, value) in res.headers() {
         if name == header::TRANSFER_ENCODING
-            || (name == header::CONTENT_LENGTH && framing.is_some())
+            || (name == header::CONTENT_LENGTH && (framing.is_some() || lengthless))
             || (name == header::CONNECTION && !switching)
         {
             continue;
@@ -857,6 +912,9 @@ async fn write_response(
                 out.clear();
             }
             wire.io.write_all(&data).await?;
+            // TLS may hold records back until flushed; the next frame may
+            // be a while.
+            wire.io.flush().await?;
         }
         if framing == Out::Chunked {
             out.extend_from_slice(b"\r\n");
@@ -966,28 +1024,53 @@ mod tests {
 
     #[test]
     fn keep_alive_follows_version_and_connection() {
-        assert!(!head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
-        let h = head("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
+        let h =
+            head("POST / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
         assert!(h.expect_continue);
-        let h = head("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n");
+        let h = head("GET / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n\r\n");
         assert!(!h.expect_continue, "nothing to continue without a body");
     }
 
     #[test]
     fn refusals_reach_the_service_and_close() {
-        let h = head("POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let h = head(
+            "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
         assert!(matches!(
             h.request.extensions().get::<Refusal>(),
             Some(Refusal::Framing(_))
         ));
         assert!(!h.keep_alive);
         assert_eq!(h.framing, BodyFraming::Empty);
-        let h = head("GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\ne: 5\r\n\r\n");
+        let h = head("GET / HTTP/1.1\r\nHost: t\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\ne: 5\r\n\r\n");
         assert!(matches!(
             h.request.extensions().get::<Refusal>(),
             Some(Refusal::HeadTooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn host_rules() {
+        for bad in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+        ] {
+            let answer = parse(bad).err().expect("answered");
+            assert!(answer.starts_with(b"HTTP/1.1 400 "), "{bad:?}");
+        }
+        assert!(
+            !head("GET / HTTP/1.0\r\n\r\n").keep_alive,
+            "1.0 needs no Host"
+        );
+        let h = head("GET http://b.example:8080/x HTTP/1.1\r\nHost: a.example\r\n\r\n");
+        assert_eq!(h.request.headers()["host"], "b.example:8080");
+        let h = head("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(matches!(
+            h.request.extensions().get::<Refusal>(),
+            Some(Refusal::Framing(_))
         ));
     }
 

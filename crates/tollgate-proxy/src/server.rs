@@ -3,6 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -244,16 +245,40 @@ async fn serve_h2<IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
-    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-        handle(gw.clone(), conn.clone(), req.map(RequestBody::H2))
-    });
+    let header_timeout = gw.settings.header_read_timeout;
+    // A connection that has not opened a stream by the header deadline is
+    // closed, as an HTTP/1 one that sends no head is: otherwise a client
+    // could hold a connection slot for ever after the handshake.
+    let used = Arc::new(AtomicBool::new(false));
+    let svc = {
+        let used = used.clone();
+        service_fn(move |req: Request<hyper::body::Incoming>| {
+            used.store(true, Ordering::Relaxed);
+            handle(gw.clone(), conn.clone(), req.map(RequestBody::H2))
+        })
+    };
     let fut = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(fut);
-    let res = tokio::select! {
-        res = &mut fut => res,
-        _ = shutdown.cancelled() => {
-            fut.as_mut().graceful_shutdown();
-            fut.await
+    let first = tokio::time::sleep(header_timeout);
+    tokio::pin!(first);
+    let mut waiting = true;
+    let res = loop {
+        tokio::select! {
+            res = &mut fut => break res,
+            () = &mut first, if waiting => {
+                if !used.load(Ordering::Relaxed) {
+                    tracing::debug!(%peer, "no HTTP/2 stream within the header deadline; closing");
+                    return;
+                }
+                waiting = false;
+            }
+            _ = shutdown.cancelled() => {
+                if !used.load(Ordering::Relaxed) {
+                    return;
+                }
+                fut.as_mut().graceful_shutdown();
+                break fut.await;
+            }
         }
     };
     if let Err(e) = res {

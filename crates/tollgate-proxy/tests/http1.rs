@@ -5,12 +5,14 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// A chunked answer without a length (nor a `Date`).
 const CHUNKED: &[u8] =
@@ -359,4 +361,167 @@ async fn chunked_response_trailers_reach_an_http11_client() {
         "no trailer after the last chunk: {text:?}"
     );
     assert_eq!(end, bytes.len(), "bytes after the response: {text:?}");
+}
+
+/// An HTTP/2 client that finishes its preface and SETTINGS but never opens
+/// a stream is disconnected at the header deadline, like an HTTP/1 client
+/// that sends no head: it cannot hold a connection slot for ever.
+#[tokio::test]
+async fn http2_connection_without_a_stream_is_closed_at_the_header_deadline() {
+    let mut s = settings();
+    s.header_read_timeout = Duration::from_millis(300);
+    let (gw, up) = echo_gateway(s).await;
+    let mut raw = Raw::connect(gw.addr).await;
+    // The preface, then an empty SETTINGS frame (length 0, type 4, stream 0).
+    raw.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await;
+    let started = Instant::now();
+    raw.closed().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    assert_eq!(up.stats.requests(), 0);
+}
+
+/// Blank lines before a request line are skipped, but they do not put off
+/// the idle deadline: a client that trickles `\r\n` is still disconnected.
+#[tokio::test]
+async fn blank_lines_do_not_keep_an_idle_connection_open() {
+    let mut s = settings();
+    s.header_read_timeout = Duration::from_millis(300);
+    let (gw, _up) = echo_gateway(s).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    let started = Instant::now();
+    let trickle = async {
+        // The client's pace is the behaviour under test; bounded to 5 s.
+        for _ in 0..50 {
+            if wr.write_all(b"\r\n").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let closed = async {
+        let mut b = [0u8; 64];
+        loop {
+            match rd.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        () = closed => {}
+        () = trickle => panic!("still open after 5 s of blank lines"),
+    }
+    // 300 ms + 1 s of idle slack, and a tick of the coarse timer.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+}
+
+/// RFC 9112 section 6.1: a transfer coding in an HTTP/1.0 request is
+/// faulty framing (an HTTP/1.0 hop in front would not have decoded it).
+#[tokio::test]
+async fn http10_request_with_transfer_encoding_is_refused() {
+    let (gw, up) = echo_gateway(settings()).await;
+    let request = "POST /x HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /y HTTP/1.0\r\n\r\n";
+    assert_eq!(
+        answered_then_closed(&gw, request, 400).await,
+        "request_smuggling"
+    );
+    assert_eq!(up.stats.requests(), 0);
+}
+
+/// Chunked request bodies are read strictly: a bare LF inside a size line
+/// (which a CRLF-only reader in front would frame differently) fails the
+/// request, and the connection is not reused.
+#[tokio::test]
+async fn loosely_chunked_request_body_fails_and_closes() {
+    let (gw, _up) = echo_gateway(settings()).await;
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.send("POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2;\nxx\r\n0\n\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    let res = raw.response().await;
+    assert!(
+        res.status >= 400,
+        "a malformed chunked body is not proxied: {}",
+        res.status
+    );
+    raw.closed().await;
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request needs exactly one Host.
+#[tokio::test]
+async fn http11_request_without_or_with_two_hosts_is_400() {
+    let (gw, up) = echo_gateway(settings()).await;
+    for request in [
+        "GET /x HTTP/1.1\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    ] {
+        assert_eq!(
+            answered_then_closed(&gw, request, 400).await,
+            "bad_request",
+            "{request:?}"
+        );
+    }
+    assert_eq!(up.stats.requests(), 0);
+}
+
+/// RFC 9112 section 3.2.2: with an absolute-form target, the target's
+/// authority is the request's host; a different Host field is ignored, so
+/// routing and the forwarded host agree.
+#[tokio::test]
+async fn absolute_form_target_decides_the_host() {
+    let (gw, _up) = echo_gateway(settings()).await;
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.send("GET http://public.example/x HTTP/1.1\r\nHost: admin.internal\r\n\r\n")
+        .await;
+    let e = raw.response().await.echo();
+    assert_eq!(
+        e.header("x-forwarded-host").as_deref(),
+        Some("public.example")
+    );
+}
+
+/// A client that pipelines requests and then closes its sending side still
+/// gets every answer.
+#[tokio::test]
+async fn half_closed_client_gets_its_pipelined_answers() {
+    let (gw, _up) = echo_gateway(settings()).await;
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.send("GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    raw.stream.shutdown().await.expect("half-close");
+    assert_eq!(raw.response().await.echo().path(), "/a");
+    assert_eq!(raw.response().await.echo().path(), "/b");
+}
+
+/// RFC 9110 section 8.6: no Content-Length in a 204, even when the upstream
+/// sent one; and the upstream's own reason phrase is passed on.
+#[tokio::test]
+async fn no_length_in_a_204_and_the_reason_phrase_is_kept() {
+    let up = Scripted::start(b"HTTP/1.1 204 Nothing Here\r\nContent-Length: 0\r\n\r\n").await;
+    let gw = up.gateway().await;
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.send("GET /x HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while find(&bytes, b"\r\n\r\n").is_none() {
+        let n = within("the gateway's response", raw.stream.read(&mut chunk))
+            .await
+            .expect("read");
+        assert!(n > 0, "closed before the head");
+        bytes.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    assert!(
+        text.starts_with("http/1.1 204 nothing here\r\n"),
+        "{text:?}"
+    );
+    assert!(!text.contains("content-length"), "{text:?}");
+    // The connection carries the next request.
+    raw.send("GET /y HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert_eq!(raw.response().await.status, 204);
 }

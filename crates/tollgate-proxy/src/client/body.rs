@@ -118,7 +118,7 @@ impl ResponseBody {
                     let data = Self::take_data(&mut conn.buf, u64::MAX);
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Kind::Chunked(state) => match decode_chunk(&mut conn.buf, state) {
+                Kind::Chunked(state) => match decode_chunk(&mut conn.buf, state, false) {
                     Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                     Ok(Decoded::Progress) => continue,
                     Ok(Decoded::End(trailers)) => {

@@ -30,7 +30,15 @@ pub(crate) enum Decoded {
     NeedMore,
 }
 
-pub(crate) fn decode_chunk(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, ClientError> {
+/// `strict` is for request bodies, which the gateway forwards to upstreams
+/// that may read them differently: line ends must be CRLF, a chunk
+/// extension may hold no control bytes, and a size line is at most
+/// [`MAX_CHUNK_LINE`] long however it arrives. Responses are read leniently.
+pub(crate) fn decode_chunk(
+    buf: &mut BytesMut,
+    state: &mut Chunk,
+    strict: bool,
+) -> Result<Decoded, ClientError> {
     match state {
         Chunk::Size => {
             let Some(nl) = memchr::memchr(b'\n', buf) else {
@@ -40,6 +48,9 @@ pub(crate) fn decode_chunk(buf: &mut BytesMut, state: &mut Chunk) -> Result<Deco
                     Ok(Decoded::NeedMore)
                 };
             };
+            if strict && (nl > MAX_CHUNK_LINE || nl == 0 || buf[nl - 1] != b'\r') {
+                return Err(ClientError::Chunked("chunk-size line not ended by CRLF"));
+            }
             let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
             let digits = line
                 .iter()
@@ -51,6 +62,9 @@ pub(crate) fn decode_chunk(buf: &mut BytesMut, state: &mut Chunk) -> Result<Deco
             let rest = &line[digits..];
             if !(rest.is_empty() || matches!(rest.trim_ascii_start().first(), Some(b';'))) {
                 return Err(ClientError::Chunked("invalid chunk size"));
+            }
+            if strict && !strict_extension(rest) {
+                return Err(ClientError::Chunked("invalid chunk extension"));
             }
             let size = line[..digits]
                 .iter()
@@ -77,9 +91,9 @@ pub(crate) fn decode_chunk(buf: &mut BytesMut, state: &mut Chunk) -> Result<Deco
         Chunk::DataEnd => {
             if buf.starts_with(b"\r\n") {
                 buf.advance(2);
-            } else if buf.starts_with(b"\n") {
+            } else if buf.starts_with(b"\n") && !strict {
                 buf.advance(1);
-            } else if buf.len() < 2 {
+            } else if buf.len() < 2 && buf.first() != Some(&b'\n') {
                 return Ok(Decoded::NeedMore);
             } else {
                 return Err(ClientError::Chunked("missing CRLF after chunk data"));
@@ -93,11 +107,21 @@ pub(crate) fn decode_chunk(buf: &mut BytesMut, state: &mut Chunk) -> Result<Deco
                 return Ok(Decoded::End(None));
             }
             if buf.starts_with(b"\n") {
+                if strict {
+                    return Err(ClientError::Chunked("trailer section not ended by CRLF"));
+                }
                 buf.advance(1);
                 return Ok(Decoded::End(None));
             }
             let mut fields = [httparse::EMPTY_HEADER; 64];
             match httparse::parse_headers(buf, &mut fields) {
+                Ok(httparse::Status::Complete((len, _)))
+                    if strict
+                        && memchr::memchr_iter(b'\n', &buf[..len])
+                            .any(|i| i == 0 || buf[i - 1] != b'\r') =>
+                {
+                    Err(ClientError::Chunked("trailer section not ended by CRLF"))
+                }
                 Ok(httparse::Status::Complete((len, parsed))) => {
                     let mut trailers = HeaderMap::with_capacity(parsed.len());
                     for f in parsed {
@@ -120,6 +144,19 @@ pub(crate) fn decode_chunk(buf: &mut BytesMut, state: &mut Chunk) -> Result<Deco
     }
 }
 
+/// After the size digits: nothing, or optional spaces or tabs, `;` and
+/// extension bytes that are not control characters (tab aside).
+fn strict_extension(rest: &[u8]) -> bool {
+    let ext = rest.trim_ascii_start();
+    let lead = &rest[..rest.len() - ext.len()];
+    rest.is_empty()
+        || (lead.iter().all(|b| *b == b' ' || *b == b'\t')
+            && ext.first() == Some(&b';')
+            && ext
+                .iter()
+                .all(|b| *b == b'\t' || (*b >= 0x20 && *b != 0x7f)))
+}
+
 fn hex_value(c: u8) -> u8 {
     match c {
         b'0'..=b'9' => c - b'0',
@@ -135,12 +172,20 @@ mod tests {
     /// Feeds `wire` to the decoder in pieces of `step` bytes and collects
     /// the body and the trailers.
     fn decode_all(wire: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), ClientError> {
+        decode_all_as(wire, step, false)
+    }
+
+    fn decode_all_as(
+        wire: &[u8],
+        step: usize,
+        strict: bool,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>), ClientError> {
         let mut buf = BytesMut::new();
         let mut state = Chunk::Size;
         let mut body = Vec::new();
         let mut fed = 0;
         loop {
-            match decode_chunk(&mut buf, &mut state)? {
+            match decode_chunk(&mut buf, &mut state, strict)? {
                 Decoded::Data(d) => body.extend_from_slice(&d),
                 Decoded::Progress => {}
                 Decoded::End(trailers) => {
@@ -197,7 +242,47 @@ mod tests {
         let long_line = vec![b'1'; MAX_CHUNK_LINE + 10];
         let mut buf = BytesMut::from(&long_line[..]);
         assert!(matches!(
-            decode_chunk(&mut buf, &mut Chunk::Size),
+            decode_chunk(&mut buf, &mut Chunk::Size, false),
+            Err(ClientError::Chunked(_))
+        ));
+    }
+
+    /// Request bodies: what a CRLF-only reader would frame differently is
+    /// refused; well-formed bodies decode as before.
+    #[test]
+    fn strict_decoding_refuses_bare_line_feeds_and_control_bytes() {
+        let good = b"5;name=value\r\nhello\r\n0\r\nx-sum: 1\r\n\r\n";
+        for step in [1, 3, good.len()] {
+            let (body, trailers) = decode_all_as(good, step, true).expect("decodes");
+            assert_eq!(body, b"hello");
+            assert!(trailers.is_some());
+        }
+        for wire in [
+            &b"2;\nxx\r\n0\r\n\r\n"[..],
+            b"2\nxx\r\n0\r\n\r\n",
+            b"2\r\nxx\n0\r\n\r\n",
+            b"2\r\nxx\r\n0\r\n\n",
+            b"2\r\nxx\r\n0\r\nx-sum: 1\n\r\n",
+            b"2;a\rb\r\nxx\r\n0\r\n\r\n",
+            b"2\x0c;a\r\nxx\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                matches!(decode_all_as(wire, 4, true), Err(ClientError::Chunked(_))),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+            assert!(
+                decode_all(wire, 4).is_ok(),
+                "responses stay lenient: {:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        let mut long = b"1;".to_vec();
+        long.extend(vec![b'x'; MAX_CHUNK_LINE]);
+        long.extend_from_slice(b"\r\nx\r\n");
+        let mut buf = BytesMut::from(&long[..]);
+        assert!(matches!(
+            decode_chunk(&mut buf, &mut Chunk::Size, true),
             Err(ClientError::Chunked(_))
         ));
     }
