@@ -125,7 +125,7 @@ async fn proxy(
         && OAuthServer::owns(path)
     {
         let method = parts.method.clone();
-        let res = oauth_endpoint(oauth, parts, body).await?;
+        let res = oauth_endpoint(oauth, parts, body, gw.settings.body_read_timeout).await?;
         record_unrouted(gw, conn, arrival, method, request_id, &res, None);
         return Ok(res);
     }
@@ -468,13 +468,18 @@ async fn oauth_endpoint(
     oauth: &Arc<OAuthServer>,
     parts: http::request::Parts,
     body: RequestBody,
+    body_timeout: Duration,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     use http_body_util::BodyExt;
     let limit = tollgate_identity::oauth::MAX_FORM_BYTES as u64;
-    let bytes = match http_body_util::Limited::new(body, limit as usize)
-        .collect()
-        .await
-    {
+    // The form is small: all of it within the body deadline, or 408.
+    let collected = tokio::time::timeout(
+        body_timeout,
+        http_body_util::Limited::new(body, limit as usize).collect(),
+    )
+    .await
+    .map_err(|_| ProxyError::RequestTimeout)?;
+    let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(ProxyError::PayloadTooLarge { limit });

@@ -333,12 +333,17 @@ struct OAuthFixture {
 }
 
 async fn oauth_gateway() -> OAuthFixture {
-    let (gw, up) = keyed_gateway(json!([
+    oauth_gateway_with(settings()).await
+}
+
+async fn oauth_gateway_with(s: tollgate_proxy::ProxySettings) -> OAuthFixture {
+    let up = Upstream::echo("up").await;
+    let routes = json!([
         {"name": "read", "paths": ["/read"], "policies": [auth(json!({"scopes": ["orders:read"]}))]},
         {"name": "write", "paths": ["/write"], "policies": [auth(json!({"scopes": ["orders:write"]}))]},
         {"name": "keys-only", "paths": ["/keys"], "policies": [auth(json!({"accept": ["api_key"]}))]}
-    ]))
-    .await;
+    ]);
+    let gw = TestGateway::start_with(s, &one_service(&up.url(), routes)).await;
     let revoker = Arc::new(CountingRevoker::default());
     let issuer = format!("http://{}", gw.addr);
     let server = OAuthServer::new(
@@ -665,4 +670,21 @@ async fn introspection_and_revocation_follow_rfc_7662_and_7009() {
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(f.revoker.0.load(Ordering::SeqCst), 1);
+}
+
+/// A token request whose form stalls is answered 408 at the body deadline,
+/// not held for ever.
+#[tokio::test]
+async fn stalled_token_request_body_is_408() {
+    let mut s = settings();
+    s.body_read_timeout = std::time::Duration::from_millis(300);
+    let f = oauth_gateway_with(s).await;
+    let mut raw = Raw::connect(f.gw.addr).await;
+    raw.send("POST /oauth2/token HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant_type=")
+        .await;
+    let started = tokio::time::Instant::now();
+    let res = raw.response().await;
+    assert_eq!(res.problem(408), "request_timeout");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    raw.closed().await;
 }
