@@ -192,7 +192,10 @@ impl Body for UpstreamBody {
             return Poll::Ready(None);
         };
         match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    crate::headers::clean_trailers(trailers);
+                }
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     this.wire.2.store(this.seen, Ordering::Relaxed);

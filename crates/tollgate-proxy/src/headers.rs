@@ -113,6 +113,46 @@ pub fn strip_reserved(headers: &mut HeaderMap) {
     }
 }
 
+/// Cleans a request's trailer section before it goes upstream: no
+/// hop-by-hop fields, none of the gateway's reserved identity fields, and
+/// none of the fields a trailer must not carry because they frame, route,
+/// authenticate or describe the message (RFC 9110 section 6.5.1). An
+/// upstream that merges trailers into the header section would otherwise
+/// take a client's `X-Tollgate-*` for the gateway's own.
+pub fn clean_trailers(trailers: &mut HeaderMap) {
+    strip_hop_by_hop(trailers);
+    strip_reserved(trailers);
+    for name in [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::HOST,
+        header::AUTHORIZATION,
+        header::PROXY_AUTHORIZATION,
+        header::COOKIE,
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+        header::CONTENT_RANGE,
+        header::CACHE_CONTROL,
+        header::EXPECT,
+        header::MAX_FORWARDS,
+        header::RANGE,
+        header::TRAILER,
+    ] {
+        trailers.remove(name);
+    }
+    for name in [
+        &X_REQUEST_ID,
+        &TRACEPARENT,
+        &TRACESTATE,
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &FORWARDED,
+    ] {
+        trailers.remove(name);
+    }
+}
+
 pub use tollgate_core::request_id::{request_id, request_id_at};
 
 /// Whether a `traceparent` value is a well-formed W3C Trace Context header.

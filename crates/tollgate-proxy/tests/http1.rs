@@ -525,3 +525,52 @@ async fn no_length_in_a_204_and_the_reason_phrase_is_kept() {
     raw.send("GET /y HTTP/1.1\r\nHost: t\r\n\r\n").await;
     assert_eq!(raw.response().await.status, 204);
 }
+
+/// A request's trailer section reaches the upstream without fields a
+/// trailer must not carry: the gateway's reserved identity fields, framing
+/// and routing fields, forwarding fields. Other trailers pass.
+#[tokio::test]
+async fn request_trailers_are_cleaned_before_the_upstream() {
+    // An upstream that keeps what it read of one chunked request.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    let upstream = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Up to the empty line that ends the trailer section.
+        let ended = |b: &[u8]| {
+            find(b, b"\r\n0\r\n").is_some_and(|i| find(&b[i + 3..], b"\r\n\r\n").is_some())
+        };
+        while !ended(&bytes) {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await;
+        let _ = tx.send(bytes);
+    });
+    let routes = json!([{"name": "all", "paths": ["/"]}]);
+    let gw = TestGateway::start(&one_service(&format!("http://{addr}"), routes)).await;
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.send(
+        "POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n0\r\n\
+         x-checksum: abc\r\nx-tollgate-org: forged\r\nhost: evil\r\ncontent-length: 99\r\nx-forwarded-for: 6.6.6.6\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw.response().await.status, 200);
+    let seen = within("the upstream's request", rx).await.expect("request");
+    upstream.await.expect("upstream task");
+    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    let last = find(text.as_bytes(), b"\r\n0\r\n").expect("last chunk") + 5;
+    let trailers = &text[last..];
+    assert!(trailers.contains("x-checksum: abc\r\n"), "{text:?}");
+    for banned in ["x-tollgate-org", "host:", "content-length", "6.6.6.6"] {
+        assert!(!trailers.contains(banned), "{banned} in {trailers:?}");
+    }
+}
