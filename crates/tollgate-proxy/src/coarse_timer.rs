@@ -14,7 +14,8 @@
 //! every [`TICK`], wakes the sleeps whose deadline has passed and refreshes
 //! the coarse clock that [`now`] returns. Arming a sleep is one uncontended
 //! lock and a slot in a vector; nothing is allocated, and the clock is not
-//! read on the request path at all.
+//! read on the request path at all. The same tick keeps the wall-clock
+//! second that responses' `Date` fields are made from.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -44,6 +45,8 @@ struct Shared {
     base: Instant,
     /// Nanoseconds from `base` at the last tick.
     elapsed_ns: AtomicU64,
+    /// Wall-clock seconds since the Unix epoch at the last tick.
+    unix_secs: AtomicU64,
 }
 
 impl Shared {
@@ -57,6 +60,7 @@ impl Shared {
             now.duration_since(self.base).as_nanos() as u64,
             Ordering::Relaxed,
         );
+        self.unix_secs.store(wall_secs(), Ordering::Relaxed);
         let due: Vec<Waker> = {
             let mut table = self.lock();
             table
@@ -82,6 +86,7 @@ fn shared() -> &'static Shared {
             table: Mutex::new(Table::default()),
             base: Instant::now(),
             elapsed_ns: AtomicU64::new(0),
+            unix_secs: AtomicU64::new(wall_secs()),
         }));
         let started = std::thread::Builder::new()
             .name("tollgate-coarse-timer".into())
@@ -104,6 +109,19 @@ fn shared() -> &'static Shared {
 pub(crate) fn now() -> Instant {
     let s = shared();
     s.base + Duration::from_nanos(s.elapsed_ns.load(Ordering::Relaxed))
+}
+
+/// Wall-clock seconds since the Unix epoch at the last tick: for a
+/// response's `Date`, which has one-second grain, without a clock read per
+/// response.
+pub(crate) fn unix_secs() -> u64 {
+    shared().unix_secs.load(Ordering::Relaxed)
+}
+
+fn wall_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A deadline `duration` after the coarse clock's current reading.
@@ -208,6 +226,14 @@ mod tests {
             table.slots[i].as_ref().is_none_or(|e| e.deadline != unique),
             "the dropped sleep's entry is still in the table"
         );
+    }
+
+    #[test]
+    fn the_wall_clock_second_follows_the_real_one() {
+        let _ = unix_secs();
+        std::thread::sleep(2 * TICK);
+        let lag = wall_secs().abs_diff(unix_secs());
+        assert!(lag <= 1, "{lag} s behind");
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub fn body_framing(fields: &[httparse::Header<'_>]) -> Result<BodyFraming, Refu
     }
     match length {
         None => Ok(BodyFraming::Empty),
-        Some(v) => match parse_length(v) {
+        Some(v) => match crate::client::parse_decimal(v.trim_ascii()) {
             Some(0) => Ok(BodyFraming::Empty),
             Some(n) => Ok(BodyFraming::Length(n)),
             None => Err(Refusal::Framing(
@@ -79,15 +79,6 @@ pub fn body_framing(fields: &[httparse::Header<'_>]) -> Result<BodyFraming, Refu
             )),
         },
     }
-}
-
-/// A `Content-Length` value: one to 19 ASCII digits (no sign, no list).
-fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 #[cfg(test)]

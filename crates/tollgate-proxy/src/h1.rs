@@ -43,6 +43,7 @@ use tollgate_core::problem::{ErrorCode, PROBLEM_JSON, Problem};
 
 use crate::body::{BoxError, ProxyBody};
 use crate::client::chunked::{Chunk, Decoded, decode_chunk};
+use crate::client::span_of;
 use crate::coarse_timer;
 use crate::framing::{BodyFraming, Refusal, body_framing};
 use crate::service::{ConnInfo, handle};
@@ -729,11 +730,6 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Box<Head
     })))
 }
 
-fn span_of(whole: &[u8], part: &[u8]) -> (usize, usize) {
-    let start = (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize);
-    (start, start + part.len())
-}
-
 /// How a response body is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Out {
@@ -818,15 +814,12 @@ async fn write_response(
     mut keep_alive: bool,
 ) -> io::Result<bool> {
     let status = res.status();
+    // Upstream lengths were checked by the client; an unusable one is
+    // dropped here and the body framed by what it turns out to be.
     let declared = res
         .headers()
         .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if res.headers().contains_key(header::CONTENT_LENGTH) && declared.is_none() {
-        // A length the gateway cannot honour: the body is sent without it.
-        tracing::debug!("response with an invalid Content-Length");
-    }
+        .and_then(|v| crate::client::parse_decimal(v.as_bytes().trim_ascii()));
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
@@ -960,22 +953,22 @@ fn hex_len(n: usize, buf: &mut [u8; 16]) -> &[u8] {
     }
 }
 
-/// The current time as an HTTP date, formatted once per second per thread.
+/// The current time as an HTTP date, from the coarse clock (at most a tick
+/// behind), formatted once per second per thread.
 fn http_date() -> [u8; 29] {
     use std::cell::Cell;
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, UNIX_EPOCH};
     thread_local! {
         static CACHE: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
     }
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = coarse_timer::unix_secs();
     CACHE.with(|c| {
         let (at, text) = c.get();
         if at == secs && secs != 0 {
             return text;
         }
         let mut text = [b' '; 29];
-        let formatted = httpdate::fmt_http_date(now);
+        let formatted = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
         let n = formatted.len().min(29);
         text[..n].copy_from_slice(&formatted.as_bytes()[..n]);
         c.set((secs, text));

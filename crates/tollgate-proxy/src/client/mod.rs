@@ -629,12 +629,14 @@ fn is_reset(e: &io::Error) -> bool {
 }
 
 /// Where `part` (a slice of `whole`) sits in it.
-fn span_of(whole: &[u8], part: &[u8]) -> (usize, usize) {
+/// Where `part`, a slice of `whole`, lies in it.
+pub(crate) fn span_of(whole: &[u8], part: &[u8]) -> (usize, usize) {
     let start = (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize);
     (start, start + part.len())
 }
 
-fn parse_decimal(s: &[u8]) -> Option<u64> {
+/// A `Content-Length` value: one to 19 ASCII digits (no sign, no list).
+pub(crate) fn parse_decimal(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 {
         return None;
     }
