@@ -241,13 +241,18 @@ impl Limiter {
     }
 
     /// Decides a request against `checks` at the node's time `now_us`.
+    ///
+    /// The round trip to Redis is boxed: its future is large, and inline it
+    /// would make every caller's future, and every request's copies of it,
+    /// that much larger, in-process decisions included. Next to a network
+    /// round trip, the allocation is nothing.
     pub async fn decide(&self, checks: &[Check<'_>], now_us: i64) -> Result<Decision, Unavailable> {
         let d = match &self.backend {
             Backend::Local(l) => l.decide(checks, now_us),
-            Backend::Redis(r) => self.on_redis(r, checks, now_us).await?,
+            Backend::Redis(r) => Box::pin(self.on_redis(r, checks, now_us)).await?,
             Backend::Synced(s) => match s.decide_here(checks, now_us) {
                 Some(d) => d,
-                None => self.on_redis(s.redis(), checks, now_us).await?,
+                None => Box::pin(self.on_redis(s.redis(), checks, now_us)).await?,
             },
         };
         let c = if d.allowed {

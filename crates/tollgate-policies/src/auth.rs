@@ -131,10 +131,10 @@ impl Auth {
                 if !jwt && !oauth {
                     return Err("bearer tokens are not accepted on this route".into());
                 }
-                let v = self
-                    .authn
-                    .issuers()
-                    .verify(token, &self.cfg.issuers)
+                // Boxed: a token's check may fetch keys or introspect over
+                // the network, and its large future, inline, would be part
+                // of (and copied with) every request's, API-key ones too.
+                let v = Box::pin(self.authn.issuers().verify(token, &self.cfg.issuers))
                     .await
                     .map_err(|e| e.to_string())?;
                 let credential = if v.platform {

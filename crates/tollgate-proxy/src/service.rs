@@ -125,7 +125,15 @@ async fn proxy(
         && OAuthServer::owns(path)
     {
         let method = parts.method.clone();
-        let res = oauth_endpoint(oauth, parts, body, gw.settings.body_read_timeout).await?;
+        // Boxed: the token endpoint's future is large, and inline it would
+        // be part of every proxied request's.
+        let res = Box::pin(oauth_endpoint(
+            oauth,
+            parts,
+            body,
+            gw.settings.body_read_timeout,
+        ))
+        .await?;
         record_unrouted(gw, conn, arrival, method, request_id, &res, None);
         return Ok(res);
     }
@@ -302,7 +310,7 @@ async fn proxy(
         body_limit: ctx.body_limit,
         body_idle: settings.body_read_timeout,
     };
-    let sent = send(svc, exchange).await;
+    let sent = send(svc, &exchange).await;
     let Sent {
         res: upstream_res,
         guard,
@@ -573,14 +581,17 @@ struct Exchange {
 /// slow client upload is not blamed on the upstream, while an upstream that
 /// stops reading the body still times out. `deadline` bounds the whole wait.
 /// `now` is the time the attempt started, already read by the caller.
+///
+/// The exchange is pinned by the caller and borrowed here: taken by value,
+/// it would be stored twice in this future (as the argument and as the
+/// pinned local) and copied twice more on the way in, for every request.
 async fn await_head<F: std::future::Future>(
-    fut: F,
+    mut fut: std::pin::Pin<&mut F>,
     wire: &TripWire,
     read_timeout: Duration,
     deadline: Option<Instant>,
     mut now: Instant,
 ) -> Result<F::Output, ()> {
-    tokio::pin!(fut);
     let read_ms = read_timeout.as_millis() as u64;
     loop {
         let last = wire.progress_ms();
@@ -591,7 +602,7 @@ async fn await_head<F: std::future::Future>(
             wake = wake.min(d);
         }
         tokio::select! {
-            out = &mut fut => return Ok(out),
+            out = fut.as_mut() => return Ok(out),
             _ = tokio::time::sleep_until(wake) => {
                 now = Instant::now();
                 let moved = wire.progress_ms() != last;
@@ -617,7 +628,7 @@ struct Sent {
 /// Sends the exchange to a target, retrying on another target when that is
 /// safe: the request never reached an upstream (connect failure) or it is
 /// idempotent and its body was never read, and the retry budget allows it.
-async fn send(svc: &ServiceRt, ex: Exchange) -> Result<Sent, ProxyError> {
+async fn send(svc: &ServiceRt, ex: &Exchange) -> Result<Sent, ProxyError> {
     let started = Instant::now();
     let deadline = svc.total_timeout.map(|t| started + t);
     let admit = match &svc.breaker {
@@ -663,14 +674,15 @@ async fn send(svc: &ServiceRt, ex: Exchange) -> Result<Sent, ProxyError> {
         };
         let wire = Arc::new(TripWire::at(now_ms));
         let mut body = ex.body.attempt(ex.body_limit, ex.body_idle, wire.clone());
+        let exchange = pool::send(
+            &target.addr,
+            svc.connect_timeout,
+            &head,
+            &mut body,
+            now.into_std(),
+        );
         let outcome = await_head(
-            pool::send(
-                &target.addr,
-                svc.connect_timeout,
-                &head,
-                &mut body,
-                now.into_std(),
-            ),
+            std::pin::pin!(exchange),
             &wire,
             svc.read_timeout,
             deadline,
