@@ -60,6 +60,7 @@ codes! {
     SubscriptionRequired = ("subscription_required", 403, "Subscription required"),
     NotInPlan = ("not_in_plan", 403, "Not included in the plan"),
     LimiterUnavailable = ("limiter_unavailable", 503, "Rate limiter unavailable"),
+    TransferCodingNotImplemented = ("transfer_coding_not_implemented", 501, "Transfer coding not implemented"),
     UpstreamUnavailable = ("upstream_unavailable", 502, "Upstream unavailable"),
     UpstreamError = ("upstream_error", 502, "Upstream sent an invalid response"),
     NoHealthyTarget = ("no_healthy_target", 503, "No healthy upstream target"),

@@ -20,6 +20,8 @@ pub enum ProxyError {
     #[error("{0}")]
     Smuggling(&'static str),
     #[error("{0}")]
+    CodingNotImplemented(String),
+    #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
     HeadersTooLarge(String),
@@ -57,6 +59,7 @@ impl ProxyError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ProxyError::Smuggling(_) => ErrorCode::RequestSmuggling,
+            ProxyError::CodingNotImplemented(_) => ErrorCode::TransferCodingNotImplemented,
             ProxyError::BadRequest(_) => ErrorCode::BadRequest,
             ProxyError::HeadersTooLarge(_) => ErrorCode::HeadersTooLarge,
             ProxyError::NoRoute { .. } => ErrorCode::NoRoute,
@@ -74,6 +77,7 @@ impl ProxyError {
     pub fn origin(&self) -> Origin {
         match self {
             ProxyError::Smuggling(_)
+            | ProxyError::CodingNotImplemented(_)
             | ProxyError::BadRequest(_)
             | ProxyError::HeadersTooLarge(_)
             | ProxyError::NoRoute { .. }
@@ -98,6 +102,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::Smuggling(_)
+                | ProxyError::CodingNotImplemented(_)
                 | ProxyError::PayloadTooLarge { .. }
                 | ProxyError::RequestTimeout
         )

@@ -6,15 +6,24 @@
 //! Tollgate's own HTTP/1 connection ([`crate::h1`]) reads the body the way
 //! it forwards it, and it refuses the shapes such attacks use rather than
 //! pick one reading: both `Content-Length` and `Transfer-Encoding`, more
-//! than one `Content-Length`, a length that is not a number, and a transfer
-//! coding that does not end in `chunked`. Those requests are answered 400
-//! `request_smuggling` and the connection is closed.
+//! than one `Content-Length`, a length that is not a number, a transfer
+//! coding that does not end in `chunked`, and `chunked` applied twice.
+//! Those requests are answered 400 `request_smuggling` and the connection
+//! is closed.
+//!
+//! Tollgate decodes no transfer coding but `chunked`. A request framed by
+//! `chunked` with another coding under it (`gzip, chunked`) is answered 501
+//! `transfer_coding_not_implemented` (RFC 9112 section 6.1), and the
+//! connection is closed: passing the decoded bytes on without the coding
+//! that names them would hand the upstream content it cannot read.
 
 /// Why a request is refused before it is routed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// Ambiguous message framing (request smuggling).
     Framing(&'static str),
+    /// A transfer coding other than `chunked`.
+    Coding(String),
     /// The head is over a limit.
     HeadTooLarge(String),
 }
@@ -36,18 +45,28 @@ pub fn body_framing(fields: &[httparse::Header<'_>]) -> Result<BodyFraming, Refu
     let mut length: Option<&[u8]> = None;
     let mut lengths = 0;
     let mut te = false;
+    // The codings in the order applied, over every Transfer-Encoding line
+    // (RFC 9110 section 5.3: several lines are one comma-separated list).
+    let mut chunked = 0;
     let mut chunked_last = false;
+    let mut other: Option<&[u8]> = None;
     for h in fields {
         if h.name.eq_ignore_ascii_case("content-length") {
             lengths += 1;
             length = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             te = true;
-            chunked_last = h
-                .value
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            for coding in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if coding.is_empty() {
+                    continue;
+                }
+                chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                if chunked_last {
+                    chunked += 1;
+                } else {
+                    other.get_or_insert(coding);
+                }
+            }
         }
     }
     if te && lengths > 0 {
@@ -61,13 +80,23 @@ pub fn body_framing(fields: &[httparse::Header<'_>]) -> Result<BodyFraming, Refu
         ));
     }
     if te {
-        return if chunked_last {
-            Ok(BodyFraming::Chunked)
-        } else {
-            Err(Refusal::Framing(
+        if !chunked_last {
+            return Err(Refusal::Framing(
                 "the request's Transfer-Encoding does not end in chunked",
-            ))
-        };
+            ));
+        }
+        if chunked > 1 {
+            return Err(Refusal::Framing(
+                "the request's Transfer-Encoding applies chunked more than once",
+            ));
+        }
+        if let Some(coding) = other {
+            let coding = String::from_utf8_lossy(&coding[..coding.len().min(64)]);
+            return Err(Refusal::Coding(format!(
+                "the transfer coding `{coding}` is not implemented; only chunked is"
+            )));
+        }
+        return Ok(BodyFraming::Chunked);
     }
     match length {
         None => Ok(BodyFraming::Empty),
@@ -105,9 +134,35 @@ mod tests {
             Ok(BodyFraming::Length(42))
         );
         assert_eq!(
-            framing(&[("Transfer-Encoding", "gzip, Chunked")]),
+            framing(&[("Transfer-Encoding", " Chunked ")]),
             Ok(BodyFraming::Chunked)
         );
+        // Empty list elements are allowed (RFC 9110 section 5.6.1).
+        assert_eq!(
+            framing(&[("transfer-encoding", ", chunked,")]),
+            Ok(BodyFraming::Chunked)
+        );
+    }
+
+    #[test]
+    fn codings_other_than_chunked_are_not_implemented() {
+        for fields in [
+            &[("Transfer-Encoding", "gzip, Chunked")][..],
+            &[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("transfer-encoding", "x-custom ,chunked")],
+        ] {
+            assert!(
+                matches!(framing(fields), Err(Refusal::Coding(_))),
+                "{fields:?}"
+            );
+        }
+        let Err(Refusal::Coding(why)) = framing(&[("transfer-encoding", "gzip, chunked")]) else {
+            panic!("not refused");
+        };
+        assert!(why.contains("`gzip`"), "{why}");
     }
 
     #[test]
@@ -122,6 +177,16 @@ mod tests {
             &[("content-length", "")],
             &[("content-length", "99999999999999999999")],
             &[("transfer-encoding", "chunked, gzip")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "gzip"),
+            ],
+            &[("transfer-encoding", "chunked, chunked")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("transfer-encoding", "")],
         ] {
             assert!(
                 matches!(framing(fields), Err(Refusal::Framing(_))),

@@ -110,6 +110,7 @@ async fn proxy(
     match req.extensions().get::<Refusal>() {
         None => {}
         Some(Refusal::Framing(why)) => return Err(ProxyError::Smuggling(why)),
+        Some(Refusal::Coding(why)) => return Err(ProxyError::CodingNotImplemented(why.clone())),
         Some(Refusal::HeadTooLarge(why)) => return Err(ProxyError::HeadersTooLarge(why.clone())),
     }
     let (mut parts, body) = req.into_parts();

@@ -434,6 +434,31 @@ async fn http10_request_with_transfer_encoding_is_refused() {
     assert_eq!(up.stats.requests(), 0);
 }
 
+/// RFC 9112 section 6.1: a transfer coding other than chunked is not
+/// implemented (501), and the connection closes, since its body cannot be
+/// passed on as it was meant. Chunked applied twice is refused as faulty
+/// framing. Neither reaches the upstream, nor does what was sent behind it.
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_are_501() {
+    let (gw, up) = echo_gateway(settings()).await;
+    for te in ["gzip, chunked", "x-packed,chunked"] {
+        let request = format!(
+            "POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: {te}\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /y HTTP/1.1\r\nHost: t\r\n\r\n"
+        );
+        assert_eq!(
+            answered_then_closed(&gw, &request, 501).await,
+            "transfer_coding_not_implemented",
+            "{te}"
+        );
+    }
+    let request = "POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    assert_eq!(
+        answered_then_closed(&gw, request, 400).await,
+        "request_smuggling"
+    );
+    assert_eq!(up.stats.requests(), 0);
+}
+
 /// Chunked request bodies are read strictly: a bare LF inside a size line
 /// (which a CRLF-only reader in front would frame differently) fails the
 /// request, and the connection is not reused.
