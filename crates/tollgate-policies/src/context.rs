@@ -60,7 +60,7 @@ pub struct RequestCtx {
     /// Who is calling, once the `auth` policy verified a credential.
     pub caller: Option<tollgate_identity::authn::Caller>,
     /// The `RateLimit-Policy` and `RateLimit` fields for the response, set
-    /// by the `rate_limit` policy.
+    /// by the `rate_limit` policy and taken by its response phase.
     pub rate_limit: Option<RateLimitFields>,
     /// Concurrency slots this request holds; given back when the context
     /// is dropped (once the response head has been sent).
