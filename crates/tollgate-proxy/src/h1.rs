@@ -58,7 +58,7 @@ impl<T> Io for T where T: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 const FIELDS: usize = 256;
 /// How long after the header deadline an idle keep-alive connection is
 /// closed (decision 0013: the idle wait is a backstop on the coarse timer).
-const IDLE_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const IDLE_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
 /// The read buffer grows when less room than this is left in it.

@@ -1,11 +1,13 @@
 //! The proxy listener: accept, TLS, connection cap, deadlines, graceful shutdown.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::Request;
@@ -18,6 +20,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::body::ProxyBody;
+use crate::coarse_timer;
 use crate::h1::{self, HeadLimits, RequestBody, Wire};
 use crate::service::{ConnInfo, handle};
 use crate::settings::{ProxySettings, TlsFiles};
@@ -245,34 +249,53 @@ async fn serve_h2<IO>(
 {
     let peer = conn.peer;
     let header_timeout = gw.settings.header_read_timeout;
-    // A connection that has not opened a stream by the header deadline is
-    // closed, as an HTTP/1 one that sends no head is: otherwise a client
-    // could hold a connection slot for ever after the handshake.
-    let used = Arc::new(AtomicBool::new(false));
+    // Idle connections are closed as HTTP/1 ones are: one that has not
+    // opened a stream by the header deadline at once (otherwise a client
+    // could hold a connection slot for ever after the handshake), and one
+    // whose streams have all ended for as long as an idle keep-alive
+    // connection may wait, with a GOAWAY. A stream counts until its
+    // response body has been sent or dropped.
+    let streams = Arc::new(Streams::default());
     let svc = {
-        let used = used.clone();
+        let streams = streams.clone();
         service_fn(move |req: Request<hyper::body::Incoming>| {
-            used.store(true, Ordering::Relaxed);
-            handle(gw.clone(), conn.clone(), req.map(RequestBody::H2))
+            let stream = StreamGuard::open(&streams);
+            let handled = handle(gw.clone(), conn.clone(), req.map(RequestBody::H2));
+            async move {
+                let Ok(res) = handled.await;
+                Ok::<_, Infallible>(res.map(|body| TrackedBody {
+                    body,
+                    _stream: stream,
+                }))
+            }
         })
     };
     let fut = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(fut);
-    let first = tokio::time::sleep(header_timeout);
-    tokio::pin!(first);
-    let mut waiting = true;
+    let idle_after = header_timeout + h1::IDLE_SLACK;
+    let mut check = coarse_timer::sleep(header_timeout);
     let res = loop {
         tokio::select! {
             res = &mut fut => break res,
-            () = &mut first, if waiting => {
-                if !used.load(Ordering::Relaxed) {
+            () = &mut check => {
+                let Some(idle) = streams.idle_for(coarse_timer::now()) else {
+                    check = coarse_timer::sleep(idle_after);
+                    continue;
+                };
+                if !streams.used() {
                     tracing::debug!(%peer, "no HTTP/2 stream within the header deadline; closing");
                     return;
                 }
-                waiting = false;
+                if idle < idle_after {
+                    check = coarse_timer::sleep(idle_after.saturating_sub(idle));
+                    continue;
+                }
+                tracing::debug!(%peer, "HTTP/2 connection idle; going away");
+                fut.as_mut().graceful_shutdown();
+                break fut.await;
             }
             _ = shutdown.cancelled() => {
-                if !used.load(Ordering::Relaxed) {
+                if !streams.used() {
                     return;
                 }
                 fut.as_mut().graceful_shutdown();
@@ -282,6 +305,95 @@ async fn serve_h2<IO>(
     };
     if let Err(e) = res {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// The streams of an HTTP/2 connection, for its idle deadline.
+#[derive(Debug)]
+struct Streams {
+    /// Streams whose response has not ended yet.
+    open: AtomicUsize,
+    /// Whether a stream was ever opened.
+    used: AtomicBool,
+    /// When the connection last had no stream open, in nanoseconds after
+    /// `base` on the coarse clock.
+    idle_since_ns: AtomicU64,
+    base: Instant,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams {
+            open: AtomicUsize::new(0),
+            used: AtomicBool::new(false),
+            idle_since_ns: AtomicU64::new(0),
+            base: coarse_timer::now(),
+        }
+    }
+}
+
+impl Streams {
+    fn used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// How long the connection has had no stream open, or None while one is.
+    fn idle_for(&self, now: Instant) -> Option<Duration> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self.base + Duration::from_nanos(self.idle_since_ns.load(Ordering::Acquire));
+        Some(now.saturating_duration_since(since))
+    }
+}
+
+/// One open stream: counted from its request until its response body is
+/// dropped (sent, failed or abandoned).
+#[derive(Debug)]
+struct StreamGuard(Arc<Streams>);
+
+impl StreamGuard {
+    fn open(streams: &Arc<Streams>) -> StreamGuard {
+        streams.used.store(true, Ordering::Relaxed);
+        streams.open.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(streams.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let s = &self.0;
+        let ns = coarse_timer::now()
+            .saturating_duration_since(s.base)
+            .as_nanos() as u64;
+        s.idle_since_ns.fetch_max(ns, Ordering::AcqRel);
+        s.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An HTTP/2 response body that holds its stream open until it is dropped.
+struct TrackedBody {
+    body: ProxyBody,
+    _stream: StreamGuard,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = <ProxyBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

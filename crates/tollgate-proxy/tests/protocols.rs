@@ -54,6 +54,91 @@ async fn h2c_prior_knowledge_is_proxied_to_http11() {
     assert_eq!(up.stats.requests(), 2);
 }
 
+/// An HTTP/2 connection is closed (GOAWAY) once its streams have all ended
+/// and it stays idle as long as an idle HTTP/1 keep-alive connection may,
+/// but not while a response body is still open, however long that takes.
+#[tokio::test]
+async fn idle_http2_connection_goes_away_but_not_while_a_stream_is_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that sends the first chunk of its body at once and the
+    // rest when the test lets it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let upstream = listener.local_addr().expect("addr");
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            .await;
+        let _ = released.await;
+        let _ = s.write_all(b"4\r\nlast\r\n0\r\n\r\n").await;
+        let _ = s.read(&mut buf).await;
+    });
+    let mut s = settings();
+    s.header_read_timeout = std::time::Duration::from_millis(200);
+    let idle_after = s.header_read_timeout + std::time::Duration::from_secs(1);
+    let cfg = one_service(
+        &format!("http://{upstream}"),
+        serde_json::json!([{"name": "all", "paths": ["/"]}]),
+    );
+    let gw = TestGateway::start_with(s, &cfg).await;
+    let stream = within("connect", TcpStream::connect(gw.addr))
+        .await
+        .expect("connect");
+    let (mut h2, conn) = within(
+        "h2 handshake",
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)),
+    )
+    .await
+    .expect("h2 handshake");
+    let mut conn = tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/slow", gw.addr))
+        .body(empty())
+        .expect("request");
+    let res = within("h2c request", h2.send_request(req))
+        .await
+        .expect("h2c response");
+    let mut body = res.into_body();
+    let first = within("first chunk", body.frame())
+        .await
+        .expect("a frame")
+        .expect("no error");
+    assert_eq!(first.data_ref().map(|d| &d[..]), Some(&b"first"[..]));
+    // Past the idle deadline with the response still open: nothing to
+    // await but the time itself.
+    tokio::time::sleep(idle_after + std::time::Duration::from_millis(600)).await;
+    assert!(!conn.is_finished(), "closed while a stream was open");
+    release.send(()).expect("upstream waiting");
+    let rest = within("rest of the body", body.collect())
+        .await
+        .expect("whole body")
+        .to_bytes();
+    assert_eq!(&rest[..], b"last");
+    // The stream has ended: the connection goes away on its own.
+    let ended = std::time::Instant::now();
+    within("the server's GOAWAY and close", &mut conn)
+        .await
+        .expect("connection task")
+        .expect("a clean close");
+    assert!(
+        ended.elapsed() + std::time::Duration::from_millis(300) >= idle_after,
+        "closed after {:?}, before the idle deadline",
+        ended.elapsed()
+    );
+}
+
 struct Tls {
     _dir: TempDir,
     files: TlsFiles,
