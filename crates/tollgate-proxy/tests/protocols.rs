@@ -94,16 +94,7 @@ async fn idle_http2_connection_goes_away_but_not_while_a_stream_is_open() {
         serde_json::json!([{"name": "all", "paths": ["/"]}]),
     );
     let gw = TestGateway::start_with(s, &cfg).await;
-    let stream = within("connect", TcpStream::connect(gw.addr))
-        .await
-        .expect("connect");
-    let (mut h2, conn) = within(
-        "h2 handshake",
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)),
-    )
-    .await
-    .expect("h2 handshake");
-    let mut conn = tokio::spawn(conn);
+    let (mut h2, mut conn) = h2c_connection(gw.addr).await;
     let req = Request::get(format!("http://{}/slow", gw.addr))
         .body(empty())
         .expect("request");

@@ -457,6 +457,17 @@ pub fn spawn_get(url: String) -> JoinHandle<Reply> {
 
 /// An h2c (prior knowledge) connection.
 pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Body> {
+    h2c_connection(addr).await.0
+}
+
+/// An h2c connection and the task that drives it, which ends when the
+/// connection does.
+pub async fn h2c_connection(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Body>,
+    JoinHandle<hyper::Result<()>>,
+) {
     let stream = within("connect", TcpStream::connect(addr))
         .await
         .expect("connect");
@@ -466,8 +477,7 @@ pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Bo
     )
     .await
     .expect("h2 handshake");
-    tokio::spawn(conn);
-    send
+    (send, tokio::spawn(conn))
 }
 
 // ---------------------------------------------------------------- files
