@@ -32,6 +32,13 @@ impl Arrival {
         }
     }
 
+    /// An arrival at the monotonic instant `at`, when the wall clock read
+    /// `unix_us` microseconds since the Unix epoch (a caller that can tell
+    /// the wall clock without reading it again).
+    pub fn new(at: Instant, unix_us: i64) -> Arrival {
+        Arrival { at, unix_us }
+    }
+
     /// The wall clock in milliseconds since the Unix epoch.
     pub fn unix_ms(&self) -> i64 {
         self.unix_us.div_euclid(1000)

@@ -1,4 +1,5 @@
-//! A coarse timer for the HTTP/1 keep-alive deadline.
+//! A coarse timer for the HTTP/1 keep-alive deadline, and the first stage
+//! of precise deadlines that are rarely reached ([`deadline`]).
 //!
 //! Between requests an HTTP/1 connection waits for the next head, and a
 //! connection that stays idle must be closed some time after the header
@@ -19,7 +20,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -47,6 +48,10 @@ struct Shared {
     elapsed_ns: AtomicU64,
     /// Wall-clock seconds since the Unix epoch at the last tick.
     unix_secs: AtomicU64,
+    /// The wall clock minus the monotonic one (microseconds since the Unix
+    /// epoch at `base`), as read at the last tick: one value, so it is
+    /// never read half-updated.
+    wall_offset_us: AtomicI64,
 }
 
 impl Shared {
@@ -61,6 +66,8 @@ impl Shared {
             Ordering::Relaxed,
         );
         self.unix_secs.store(wall_secs(), Ordering::Relaxed);
+        self.wall_offset_us
+            .store(wall_offset_us(self.base, now), Ordering::Relaxed);
         let due: Vec<Waker> = {
             let mut table = self.lock();
             table
@@ -82,11 +89,13 @@ impl Shared {
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<&'static Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
+        let base = Instant::now();
         let shared: &'static Shared = Box::leak(Box::new(Shared {
             table: Mutex::new(Table::default()),
-            base: Instant::now(),
+            base,
             elapsed_ns: AtomicU64::new(0),
             unix_secs: AtomicU64::new(wall_secs()),
+            wall_offset_us: AtomicI64::new(wall_offset_us(base, base)),
         }));
         let started = std::thread::Builder::new()
             .name("tollgate-coarse-timer".into())
@@ -118,6 +127,25 @@ pub(crate) fn unix_secs() -> u64 {
     shared().unix_secs.load(Ordering::Relaxed)
 }
 
+/// The wall clock, in microseconds since the Unix epoch, at the monotonic
+/// instant `t`, from the offset between the two clocks read at the last
+/// tick: the time of a request without a second clock read for it. A step
+/// of the wall clock shows here within a tick.
+pub(crate) fn unix_us_at(t: Instant) -> i64 {
+    let s = shared();
+    let since_base = t.saturating_duration_since(s.base).as_micros() as i64;
+    s.wall_offset_us.load(Ordering::Relaxed) + since_base
+}
+
+/// Microseconds since the Unix epoch at `base`, from readings of both
+/// clocks at `now`.
+fn wall_offset_us(base: Instant, now: Instant) -> i64 {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    wall - now.saturating_duration_since(base).as_micros() as i64
+}
+
 fn wall_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -129,6 +157,62 @@ pub(crate) fn sleep(duration: Duration) -> CoarseSleep {
     CoarseSleep {
         deadline: now() + duration,
         slot: None,
+    }
+}
+
+/// A precise deadline at `at` that costs little while it is far off: it
+/// waits in the coarse table until about a tick before `at`, and only then
+/// on tokio's timer. A deadline that is nearly always cancelled long before
+/// it is reached (an upstream's read timeout, counted in seconds, against
+/// answers that take microseconds) so never enters tokio's timer wheel,
+/// yet still fires on time. One that is near when made (two ticks or less
+/// after `now`) goes on tokio's timer at once.
+pub(crate) fn deadline(at: tokio::time::Instant, now: tokio::time::Instant) -> Deadline {
+    let stage = if at.saturating_duration_since(now) <= 2 * TICK {
+        Stage::Precise(Box::pin(tokio::time::sleep_until(at)))
+    } else {
+        Stage::Coarse(CoarseSleep {
+            deadline: (at - TICK).into_std(),
+            slot: None,
+        })
+    };
+    Deadline { at, stage }
+}
+
+/// See [`deadline`].
+#[derive(Debug)]
+pub(crate) struct Deadline {
+    at: tokio::time::Instant,
+    stage: Stage,
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// In the coarse table, until a tick or less before the deadline.
+    Coarse(CoarseSleep),
+    /// On tokio's timer, for the last stretch.
+    Precise(Pin<Box<tokio::time::Sleep>>),
+}
+
+impl Future for Deadline {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.stage {
+                Stage::Coarse(sleep) => {
+                    if Pin::new(sleep).poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // The coarse deadline fires within a tick after it is
+                    // due, so at or a little before `at`: the rest is
+                    // tokio's, which is ready at once if the tick was late.
+                    this.stage = Stage::Precise(Box::pin(tokio::time::sleep_until(this.at)));
+                }
+                Stage::Precise(sleep) => return sleep.as_mut().poll(cx),
+            }
+        }
     }
 }
 
@@ -207,6 +291,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_deadline_fires_on_time_whether_far_or_near() {
+        // 700 ms is past two ticks: it waits in the coarse table first,
+        // whose deadline alone would fire up to a tick early.
+        for wait in [Duration::from_millis(700), Duration::from_millis(100)] {
+            let now = tokio::time::Instant::now();
+            let at = now + wait;
+            deadline(at, now).await;
+            let fired = tokio::time::Instant::now();
+            assert!(fired >= at, "{wait:?}: fired {:?} early", at - fired);
+            assert!(
+                fired - at < Duration::from_millis(150),
+                "{wait:?}: fired {:?} late",
+                fired - at
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_far_deadline_waits_in_the_coarse_table() {
+        let now = tokio::time::Instant::now();
+        let mut far = Box::pin(deadline(now + Duration::from_secs(60), now));
+        assert!(
+            std::future::poll_fn(|cx| Poll::Ready(far.as_mut().poll(cx)))
+                .await
+                .is_pending()
+        );
+        assert!(matches!(
+            far.stage,
+            Stage::Coarse(CoarseSleep { slot: Some(_), .. })
+        ));
+        let near = deadline(now + 2 * TICK, now);
+        assert!(matches!(near.stage, Stage::Precise(_)));
+    }
+
+    #[tokio::test]
     async fn a_dropped_sleep_leaves_the_table() {
         // A deadline no other test uses, to tell this entry apart.
         let unique = Instant::now() + Duration::from_secs(7777);
@@ -234,6 +353,25 @@ mod tests {
         std::thread::sleep(2 * TICK);
         let lag = wall_secs().abs_diff(unix_secs());
         assert!(lag <= 1, "{lag} s behind");
+    }
+
+    #[test]
+    fn the_wall_clock_of_an_instant_matches_a_direct_reading() {
+        let _ = now();
+        std::thread::sleep(2 * TICK);
+        let t = Instant::now();
+        let derived = unix_us_at(t);
+        let direct = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        // The same moment, read two ways: well within a millisecond.
+        assert!(
+            (direct - derived).abs() < 1_000,
+            "{} µs apart",
+            direct - derived
+        );
+        let later = unix_us_at(t + Duration::from_millis(1500));
+        assert_eq!(later - derived, 1_500_000);
     }
 
     #[test]

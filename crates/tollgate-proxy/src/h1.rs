@@ -76,6 +76,9 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 pub struct Wire {
     io: Box<dyn Io>,
     buf: BytesMut,
+    /// A head's field names and where their values lie, while it is
+    /// parsed; kept for the connection's life to reuse its allocation.
+    fields: Vec<(HeaderName, (usize, usize))>,
 }
 
 impl std::fmt::Debug for Wire {
@@ -88,7 +91,11 @@ impl std::fmt::Debug for Wire {
 
 impl Wire {
     pub fn new(io: Box<dyn Io>, buf: BytesMut) -> Wire {
-        Wire { io, buf }
+        Wire {
+            io,
+            buf,
+            fields: Vec::new(),
+        }
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
@@ -517,7 +524,7 @@ async fn read_head(wire: &mut Wire, limits: &HeadLimits, shutdown: &Cancellation
             .unwrap_or(wire.buf.len());
         wire.buf.advance(blank);
         if !wire.buf.is_empty() {
-            match parse_head(&mut wire.buf, limits) {
+            match parse_head(&mut wire.buf, &mut wire.fields, limits) {
                 Ok(Some(head)) => return Read::Head(head),
                 Ok(None) => {}
                 Err(answer) => return Read::Answer(answer),
@@ -596,8 +603,12 @@ fn bad_request(detail: &str) -> Vec<u8> {
 }
 
 /// Parses a complete head at the start of `buf` and takes it out of the
-/// buffer; `None` when more bytes are needed.
-fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Box<Head>>, Vec<u8>> {
+/// buffer; `None` when more bytes are needed. `spans` is scratch space.
+fn parse_head(
+    buf: &mut BytesMut,
+    spans: &mut Vec<(HeaderName, (usize, usize))>,
+    limits: &HeadLimits,
+) -> Result<Option<Box<Head>>, Vec<u8>> {
     // Left uninitialised: zeroing 256 fields (8 KiB) per request cost more
     // than the parse itself.
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; FIELDS];
@@ -657,7 +668,7 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Box<Head
     let mut expect_continue = false;
     let mut upgrade = false;
     let mut hosts = 0;
-    let mut spans: Vec<(HeaderName, (usize, usize))> = Vec::with_capacity(req.headers.len());
+    spans.clear();
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| bad_request("invalid header field name"))?;
@@ -693,7 +704,7 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Box<Head
     // Room for the fields the gateway adds (forwarding, request id, trace
     // context), so that adding them does not grow and rehash the map.
     let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_FIELDS);
-    for (name, (start, end)) in spans {
+    for (name, (start, end)) in spans.drain(..) {
         let value = HeaderValue::from_maybe_shared(raw.slice(start..end))
             .map_err(|_| bad_request("invalid header field value"))?;
         headers.append(name, value);
@@ -990,7 +1001,7 @@ mod tests {
 
     fn parse(text: &str) -> Result<Option<Box<Head>>, Vec<u8>> {
         let mut buf = BytesMut::from(text.as_bytes());
-        parse_head(&mut buf, &limits())
+        parse_head(&mut buf, &mut Vec::new(), &limits())
     }
 
     fn head(text: &str) -> Box<Head> {

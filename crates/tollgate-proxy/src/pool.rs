@@ -55,7 +55,9 @@ pub enum SendError {
 /// Puts a connection whose response ended back for the next request to its
 /// target on this thread.
 pub(crate) fn release(conn: Connection) {
-    let now = Instant::now();
+    // The coarse clock: an idle age a tick too long does not matter
+    // against the idle timeout, and it costs no clock read.
+    let now = crate::coarse_timer::now();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.entry(conn.target().clone()).or_default();

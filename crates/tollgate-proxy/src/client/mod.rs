@@ -119,6 +119,9 @@ pub struct Connection {
     buf: BytesMut,
     /// The request head being written; kept to reuse its allocation.
     out: Vec<u8>,
+    /// The response head's field names and where their values lie, while
+    /// it is parsed; kept to reuse its allocation.
+    fields: Vec<(HeaderName, (usize, usize))>,
     /// Whether this connection served a request before this one.
     reused: bool,
     /// The target's `host:port`: the pool it belongs to.
@@ -133,6 +136,7 @@ impl Connection {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
+            fields: Vec::new(),
             reused: false,
             target,
             single_use: false,
@@ -410,22 +414,19 @@ impl Connection {
         let custom_reason = !reason.is_empty() && status.canonical_reason() != Some(reason);
         let reason_at = custom_reason.then(|| span_of(&self.buf, reason.as_bytes()));
         // Field values are shared with the frozen head, not copied.
-        let spans: Vec<(HeaderName, (usize, usize))> = parsed
-            .headers
-            .iter()
-            .map(|h| {
-                HeaderName::from_bytes(h.name.as_bytes())
-                    .map(|n| (n, span_of(&self.buf, h.value)))
-                    .map_err(|_| ClientError::Invalid("invalid header name"))
-            })
-            .collect::<Result<_, _>>()?;
+        self.fields.clear();
+        for h in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| ClientError::Invalid("invalid header name"))?;
+            self.fields.push((name, span_of(&self.buf, h.value)));
+        }
         let raw = self.buf.split_to(len).freeze();
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             return Ok(Some((Response::new(()), Next::Interim, true)));
         }
         // Room for the fields the gateway adds to a response (request id,
         // rate-limit fields), so that adding them does not grow the map.
-        let mut headers = HeaderMap::with_capacity(spans.len() + 4);
+        let mut headers = HeaderMap::with_capacity(self.fields.len() + 4);
         let mut close = version == Version::HTTP_10;
         let mut length: Option<u64> = None;
         let mut transfer: Option<bool> = None;
@@ -433,7 +434,7 @@ impl Connection {
         // keeps them: the tunnel needs its `Upgrade`).
         let keep_hop_by_hop = status == StatusCode::SWITCHING_PROTOCOLS;
         let mut listed: Vec<HeaderName> = Vec::new();
-        for (name, (start, end)) in spans {
+        for (name, (start, end)) in self.fields.drain(..) {
             let value = HeaderValue::from_maybe_shared(raw.slice(start..end))
                 .map_err(|_| ClientError::Invalid("invalid header value"))?;
             if name == header::CONNECTION {
