@@ -5,7 +5,8 @@
 //! The thread polls the queue every few milliseconds instead of blocking on
 //! it: a blocked receiver would make every request's `try_send` pay for a
 //! futex wake-up, and the request path must stay free of system calls that
-//! analytics adds.
+//! analytics adds. Each poll takes every worker's buffered events at once
+//! (see [`crate::queue`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ const POLL: Duration = Duration::from_millis(5);
 /// Settings of the analytics pipeline.
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
-    /// Events the queue holds before it drops new ones.
+    /// Events each recording thread's buffer holds before it drops new ones.
     pub queue: usize,
     /// How often changed roll-up rows go to the writer.
     pub flush_every: Duration,
@@ -75,7 +76,7 @@ fn now_ms() -> i64 {
 }
 
 fn run(
-    rx: QueueRx,
+    mut rx: QueueRx,
     out: UnboundedSender<Batch>,
     mut file: Option<EventsFile>,
     flush_every: Duration,

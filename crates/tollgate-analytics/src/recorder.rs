@@ -85,13 +85,14 @@ impl RouteStats {
 
 /// The receiving end of [`Recorder::channel`].
 #[derive(Debug)]
-pub struct EventQueue(QueueRx);
+pub struct EventQueue(std::sync::Mutex<QueueRx>);
 
 impl EventQueue {
     /// The next queued event, if any. Flush requests are acknowledged on the way.
     pub fn try_next(&self) -> Option<Event> {
+        let mut rx = self.0.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            match self.0.try_recv().ok()? {
+            match rx.try_recv().ok()? {
                 Msg::Event(e) => return Some(e),
                 Msg::Flush(done) => {
                     let _ = done.send(());
@@ -122,7 +123,10 @@ impl Recorder {
     /// consumers other than the roll-up thread.
     pub fn channel(capacity: usize) -> (Arc<Recorder>, EventQueue) {
         let (tx, rx) = crate::queue::bounded(capacity);
-        (Arc::new(Recorder::with_queue(Some(tx))), EventQueue(rx))
+        (
+            Arc::new(Recorder::with_queue(Some(tx))),
+            EventQueue(std::sync::Mutex::new(rx)),
+        )
     }
 
     pub(crate) fn with_queue(queue: Option<QueueTx>) -> Recorder {

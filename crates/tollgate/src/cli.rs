@@ -465,7 +465,7 @@ pub struct ServeArgs {
     /// metrics are kept either way).
     #[arg(long, env = "TOLLGATE_ANALYTICS", value_enum, default_value_t = Switch::On)]
     pub analytics: Switch,
-    /// Analytics events the queue holds; more are dropped (and counted).
+    /// Analytics events each proxy worker's queue holds; more are dropped (and counted).
     #[arg(long, env = "TOLLGATE_ANALYTICS_QUEUE", default_value_t = 16_384)]
     pub analytics_queue: usize,
     /// Milliseconds between writes of analytics roll-ups to the store.
