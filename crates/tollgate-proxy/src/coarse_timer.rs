@@ -32,6 +32,8 @@ struct Entry {
     deadline: Instant,
     waker: Option<Waker>,
     fired: bool,
+    /// Ended by [`drain`] too.
+    drainable: bool,
 }
 
 #[derive(Default)]
@@ -48,6 +50,8 @@ struct Shared {
     elapsed_ns: AtomicU64,
     /// Wall-clock seconds since the Unix epoch at the last tick.
     unix_secs: AtomicU64,
+    /// How many times [`drain`] has run; changed under the table's lock.
+    drains: AtomicU64,
     /// The wall clock minus the monotonic one (microseconds since the Unix
     /// epoch at `base`), as read at the last tick: one value, so it is
     /// never read half-updated.
@@ -95,6 +99,7 @@ fn shared() -> &'static Shared {
             base,
             elapsed_ns: AtomicU64::new(0),
             unix_secs: AtomicU64::new(wall_secs()),
+            drains: AtomicU64::new(0),
             wall_offset_us: AtomicI64::new(wall_offset_us(base, base)),
         }));
         let started = std::thread::Builder::new()
@@ -157,7 +162,43 @@ pub(crate) fn sleep(duration: Duration) -> CoarseSleep {
     CoarseSleep {
         deadline: now() + duration,
         slot: None,
+        drain: None,
     }
+}
+
+/// A sleep until `deadline` that [`drain`] also ends: a keep-alive
+/// connection's wait for its next request, which the server's shutdown
+/// must end at once. A `drain` after this call ends it even if it comes
+/// before the first poll, so a caller that checks its own shutdown flag
+/// after making the sleep cannot miss a shutdown.
+pub(crate) fn drainable_until(deadline: Instant) -> CoarseSleep {
+    CoarseSleep {
+        deadline,
+        slot: None,
+        drain: Some(shared().drains.load(Ordering::Acquire)),
+    }
+}
+
+/// Ends every drainable sleep now: a server is shutting down. Sleeps of
+/// other servers in the process end too, and their owners, finding their
+/// own server still running, sleep again.
+pub(crate) fn drain() {
+    let s = shared();
+    let woken: Vec<Waker> = {
+        let mut table = s.lock();
+        s.drains.fetch_add(1, Ordering::AcqRel);
+        table
+            .slots
+            .iter_mut()
+            .flatten()
+            .filter(|e| e.drainable && !e.fired)
+            .filter_map(|e| {
+                e.fired = true;
+                e.waker.take()
+            })
+            .collect()
+    };
+    woken.into_iter().for_each(Waker::wake);
 }
 
 /// A precise deadline at `at` that costs little while it is far off: it
@@ -174,6 +215,7 @@ pub(crate) fn deadline(at: tokio::time::Instant, now: tokio::time::Instant) -> D
         Stage::Coarse(CoarseSleep {
             deadline: (at - TICK).into_std(),
             slot: None,
+            drain: None,
         })
     };
     Deadline { at, stage }
@@ -222,6 +264,15 @@ impl Future for Deadline {
 pub struct CoarseSleep {
     deadline: Instant,
     slot: Option<usize>,
+    /// For a drainable sleep, the [`drain`] count when it was made.
+    drain: Option<u64>,
+}
+
+impl CoarseSleep {
+    /// When it is due.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
 }
 
 impl Future for CoarseSleep {
@@ -229,7 +280,14 @@ impl Future for CoarseSleep {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        let mut table = shared().lock();
+        let s = shared();
+        let mut table = s.lock();
+        if this
+            .drain
+            .is_some_and(|seen| s.drains.load(Ordering::Acquire) != seen)
+        {
+            return Poll::Ready(());
+        }
         match this.slot {
             Some(i) => match table.slots.get_mut(i) {
                 Some(Some(e)) if e.fired => Poll::Ready(()),
@@ -246,6 +304,7 @@ impl Future for CoarseSleep {
                     deadline: this.deadline,
                     waker: Some(cx.waker().clone()),
                     fired: false,
+                    drainable: this.drain.is_some(),
                 };
                 let i = match table.free.pop() {
                     Some(i) => {
@@ -326,12 +385,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_drain_ends_drainable_sleeps_only_even_those_not_yet_polled() {
+        let far = now() + Duration::from_secs(3600);
+        let mut polled = Box::pin(drainable_until(far));
+        let mut plain = Box::pin(sleep(Duration::from_secs(3600)));
+        let unpolled = drainable_until(far);
+        let poll = |s: &mut Pin<Box<CoarseSleep>>| {
+            let waker = std::task::Waker::noop();
+            s.as_mut().poll(&mut Context::from_waker(waker))
+        };
+        assert!(poll(&mut polled).is_pending());
+        assert!(poll(&mut plain).is_pending());
+        drain();
+        assert!(poll(&mut polled).is_ready());
+        assert!(poll(&mut Box::pin(unpolled)).is_ready());
+        assert!(
+            poll(&mut plain).is_pending(),
+            "a plain sleep is not drained"
+        );
+        let after = drainable_until(far);
+        assert!(poll(&mut Box::pin(after)).is_pending());
+    }
+
+    #[tokio::test]
     async fn a_dropped_sleep_leaves_the_table() {
         // A deadline no other test uses, to tell this entry apart.
         let unique = Instant::now() + Duration::from_secs(7777);
         let mut sleep = Box::pin(CoarseSleep {
             deadline: unique,
             slot: None,
+            drain: None,
         });
         assert!(
             std::future::poll_fn(|cx| Poll::Ready(sleep.as_mut().poll(cx)))

@@ -38,7 +38,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 use tollgate_core::problem::{ErrorCode, PROBLEM_JSON, Problem};
 
 use crate::body::{BoxError, ProxyBody};
@@ -349,6 +348,27 @@ enum Read {
     Answer(Vec<u8>),
 }
 
+/// The server's shutdown as its HTTP/1 connections see it: a flag read
+/// without a lock, set once, with every keep-alive wait for a next request
+/// woken when it is set ([`crate::coarse_timer::drain`]). Watching the
+/// server's cancellation token instead meant registering a waiter under
+/// the token's lock, and removing it, for every request.
+#[derive(Debug, Default)]
+pub struct Draining(std::sync::atomic::AtomicBool);
+
+impl Draining {
+    /// The server is shutting down: idle connections close now, busy ones
+    /// after their response.
+    pub fn start(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+        coarse_timer::drain();
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// Serves HTTP/1.x on one connection until it closes. `buf` holds bytes
 /// already read from it (the protocol sniff's).
 pub async fn serve(
@@ -356,13 +376,13 @@ pub async fn serve(
     gw: Arc<Gateway>,
     conn: Arc<ConnInfo>,
     limits: HeadLimits,
-    shutdown: CancellationToken,
+    draining: Arc<Draining>,
 ) {
     let mut c = Connection {
         gw,
         conn,
         limits,
-        shutdown,
+        draining,
         home: Arc::new(Mutex::new(None)),
         out: BytesMut::with_capacity(4096),
         read_closed: false,
@@ -378,7 +398,7 @@ struct Connection {
     gw: Arc<Gateway>,
     conn: Arc<ConnInfo>,
     limits: HeadLimits,
-    shutdown: CancellationToken,
+    draining: Arc<Draining>,
     /// Where a lent request body leaves the wire when it is done.
     home: Home,
     /// The write buffer, kept for the connection's life.
@@ -392,7 +412,7 @@ impl Connection {
     /// Reads one request and writes its response; the wire back when the
     /// connection can carry another.
     async fn exchange(&mut self, mut wire: Wire) -> Option<Wire> {
-        let head = match read_head(&mut wire, &self.limits, &self.shutdown).await {
+        let head = match read_head(&mut wire, &self.limits, &self.draining).await {
             Read::Head(h) => h,
             Read::Close => return None,
             Read::Answer(bytes) => {
@@ -471,7 +491,7 @@ impl Connection {
         };
         // The service closes the connection after answers that leave it
         // untrustworthy (`Connection: close` on its response).
-        if self.shutdown.is_cancelled() || asks_to_close(response.headers()) {
+        if self.draining.is_set() || asks_to_close(response.headers()) {
             keep_alive = false;
         }
         let out = &mut self.out;
@@ -509,11 +529,12 @@ fn asks_to_close(headers: &HeaderMap) -> bool {
 }
 
 /// Reads and parses the next request head.
-async fn read_head(wire: &mut Wire, limits: &HeadLimits, shutdown: &CancellationToken) -> Read {
+async fn read_head(wire: &mut Wire, limits: &HeadLimits, draining: &Draining) -> Read {
     let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
     // One idle deadline per head: blank lines, which are skipped, do not
-    // put it off.
-    let idle = coarse_timer::sleep(limits.deadline + IDLE_SLACK);
+    // put it off. Made before the shutdown flag is looked at, so a drain
+    // in between ends it at once.
+    let idle = coarse_timer::drainable_until(coarse_timer::now() + limits.deadline + IDLE_SLACK);
     tokio::pin!(idle);
     loop {
         // Empty lines before a request line are ignored (RFC 9112 section 2.2).
@@ -538,8 +559,17 @@ async fn read_head(wire: &mut Wire, limits: &HeadLimits, shutdown: &Cancellation
             tokio::select! {
                 biased;
                 r = wire.fill() => r,
-                () = &mut idle => return Read::Close,
-                () = shutdown.cancelled() => return Read::Close,
+                // Shutting down: what has arrived is still served.
+                () = std::future::ready(()), if draining.is_set() => return Read::Close,
+                () = &mut idle => {
+                    if draining.is_set() || coarse_timer::now() >= idle.deadline() {
+                        return Read::Close;
+                    }
+                    // Another server in this process drained: wait on.
+                    let due = idle.deadline();
+                    idle.set(coarse_timer::drainable_until(due));
+                    continue;
+                }
             }
         } else {
             // A head has started: it has until the header deadline.

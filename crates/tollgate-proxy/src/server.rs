@@ -125,6 +125,7 @@ pub async fn serve(listener: Listener, gw: Arc<Gateway>, shutdown: CancellationT
     let h2 = Arc::new(h2);
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let tracker = TaskTracker::new();
+    let draining = Arc::new(h1::Draining::default());
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -147,10 +148,11 @@ pub async fn serve(listener: Listener, gw: Arc<Gateway>, shutdown: CancellationT
         let h2 = h2.clone();
         let tls = listener.tls.clone();
         let shutdown = shutdown.clone();
+        let draining = draining.clone();
         let header_timeout = settings.header_read_timeout;
         tracker.spawn(async move {
             match tls {
-                None => serve_plain(stream, peer, gw, &h2, shutdown).await,
+                None => serve_plain(stream, peer, gw, &h2, shutdown, draining).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
@@ -161,7 +163,7 @@ pub async fn serve(listener: Listener, gw: Arc<Gateway>, shutdown: CancellationT
                             } else {
                                 let wire = Wire::new(Box::new(tls_stream), BytesMut::new());
                                 let limits = head_limits(&gw);
-                                h1::serve(wire, gw, conn, limits, shutdown).await;
+                                h1::serve(wire, gw, conn, limits, draining).await;
                             }
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -173,6 +175,7 @@ pub async fn serve(listener: Listener, gw: Arc<Gateway>, shutdown: CancellationT
         });
     }
     drop(listener);
+    draining.start();
     tracker.close();
     if tokio::time::timeout(settings.shutdown_grace, tracker.wait())
         .await
@@ -202,6 +205,7 @@ async fn serve_plain(
     gw: Arc<Gateway>,
     h2: &Http2Builder,
     shutdown: CancellationToken,
+    draining: Arc<h1::Draining>,
 ) {
     let mut stream = stream;
     let mut buf = BytesMut::with_capacity(4096);
@@ -232,7 +236,7 @@ async fn serve_plain(
         serve_h2(Rewind::new(stream, buf.freeze()), conn, gw, h2, shutdown).await;
     } else {
         let limits = head_limits(&gw);
-        h1::serve(Wire::new(Box::new(stream), buf), gw, conn, limits, shutdown).await;
+        h1::serve(Wire::new(Box::new(stream), buf), gw, conn, limits, draining).await;
     }
 }
 

@@ -128,3 +128,39 @@ async fn shutdown_grace_bounds_how_long_serve_waits() {
         .expect("serve task");
     in_flight.abort();
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::echo("up").await;
+    let mut s = settings();
+    // Far past the test's own deadline: only the shutdown can close them.
+    s.header_read_timeout = Duration::from_secs(60);
+    let mut gw = TestGateway::start_with(s, &route_to("one", &up.url())).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut c = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+        c.write_all(b"GET /v/a HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("write");
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 1024];
+            let n = within("the response", c.read(&mut chunk)).await.expect("read");
+            assert!(n > 0, "closed before the response");
+            head.extend_from_slice(&chunk[..n]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+        idle.push(c);
+    }
+    gw.stop.cancel();
+    for mut c in idle {
+        // The rest of the echoed body may still be there; then the close.
+        let mut rest = Vec::new();
+        within("the idle connection to close", c.read_to_end(&mut rest))
+            .await
+            .expect("read to the close");
+    }
+    let served = gw.served.take().expect("serve task");
+    within("serve to return", served).await.expect("serve task");
+}
