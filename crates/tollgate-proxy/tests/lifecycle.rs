@@ -139,14 +139,18 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
     let mut gw = TestGateway::start_with(s, &route_to("one", &up.url())).await;
     let mut idle = Vec::new();
     for _ in 0..3 {
-        let mut c = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+        let mut c = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
         c.write_all(b"GET /v/a HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
             .expect("write");
         let mut head = Vec::new();
         while !head.windows(4).any(|w| w == b"\r\n\r\n") {
             let mut chunk = [0u8; 1024];
-            let n = within("the response", c.read(&mut chunk)).await.expect("read");
+            let n = within("the response", c.read(&mut chunk))
+                .await
+                .expect("read");
             assert!(n > 0, "closed before the response");
             head.extend_from_slice(&chunk[..n]);
         }
