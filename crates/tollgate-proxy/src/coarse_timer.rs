@@ -15,8 +15,10 @@
 //! every [`TICK`], wakes the sleeps whose deadline has passed and refreshes
 //! the coarse clock that [`now`] returns. Arming a sleep is one uncontended
 //! lock and a slot in a vector; nothing is allocated, and the clock is not
-//! read on the request path at all. The same tick keeps the wall-clock
-//! second that responses' `Date` fields are made from.
+//! read on the request path at all. The same tick measures the offset
+//! between the wall clock and the monotonic one, from which a request's
+//! wall-clock time and responses' `Date` second are derived ([`unix_us_at`],
+//! [`unix_secs`]) without reading the wall clock again.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -48,8 +50,6 @@ struct Shared {
     base: Instant,
     /// Nanoseconds from `base` at the last tick.
     elapsed_ns: AtomicU64,
-    /// Wall-clock seconds since the Unix epoch at the last tick.
-    unix_secs: AtomicU64,
     /// How many times [`drain`] has run; changed under the table's lock.
     drains: AtomicU64,
     /// The wall clock minus the monotonic one (microseconds since the Unix
@@ -69,7 +69,6 @@ impl Shared {
             now.duration_since(self.base).as_nanos() as u64,
             Ordering::Relaxed,
         );
-        self.unix_secs.store(wall_secs(), Ordering::Relaxed);
         self.wall_offset_us
             .store(wall_offset_us(self.base, now), Ordering::Relaxed);
         let due: Vec<Waker> = {
@@ -98,7 +97,6 @@ fn shared() -> &'static Shared {
             table: Mutex::new(Table::default()),
             base,
             elapsed_ns: AtomicU64::new(0),
-            unix_secs: AtomicU64::new(wall_secs()),
             drains: AtomicU64::new(0),
             wall_offset_us: AtomicI64::new(wall_offset_us(base, base)),
         }));
@@ -129,7 +127,7 @@ pub(crate) fn now() -> Instant {
 /// response's `Date`, which has one-second grain, without a clock read per
 /// response.
 pub(crate) fn unix_secs() -> u64 {
-    shared().unix_secs.load(Ordering::Relaxed)
+    (unix_us_at(now()) / 1_000_000).max(0) as u64
 }
 
 /// The wall clock, in microseconds since the Unix epoch, at the monotonic
@@ -149,12 +147,6 @@ fn wall_offset_us(base: Instant, now: Instant) -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
     wall - now.saturating_duration_since(base).as_micros() as i64
-}
-
-fn wall_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A deadline `duration` after the coarse clock's current reading.
@@ -434,7 +426,10 @@ mod tests {
     fn the_wall_clock_second_follows_the_real_one() {
         let _ = unix_secs();
         std::thread::sleep(2 * TICK);
-        let lag = wall_secs().abs_diff(unix_secs());
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let lag = wall.abs_diff(unix_secs());
         assert!(lag <= 1, "{lag} s behind");
     }
 
