@@ -185,18 +185,23 @@ impl QueueRx {
     /// threads that have exited (only the queue still holds them).
     fn take_buffers(&mut self) {
         let mut buffers = lock(&self.shared.buffers);
-        for buffer in buffers.iter() {
-            let mut taken = {
+        buffers.retain(|buffer| {
+            // Read before the buffer is emptied: a buffer its thread has let
+            // go of gets no more events, so emptied after that it can go. (A
+            // thread may record and exit while the buffers are taken; read
+            // after, this would forget what it recorded last.)
+            let orphaned = Arc::strong_count(buffer) == 1;
+            let taken = {
                 let mut events = lock(&buffer.events);
-                if events.is_empty() {
-                    continue;
-                }
-                std::mem::replace(&mut *events, std::mem::take(&mut self.spare))
+                (!events.is_empty())
+                    .then(|| std::mem::replace(&mut *events, std::mem::take(&mut self.spare)))
             };
-            self.pending.extend(taken.drain(..));
-            self.spare = taken;
-        }
-        buffers.retain(|b| Arc::strong_count(b) > 1);
+            if let Some(mut taken) = taken {
+                self.pending.extend(taken.drain(..));
+                self.spare = taken;
+            }
+            !orphaned
+        });
     }
 }
 
@@ -306,6 +311,34 @@ mod tests {
         drop(tx);
         assert_eq!(status(rx.try_recv().unwrap()), Some(200));
         assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Disconnected);
+    }
+
+    #[test]
+    fn no_event_is_lost_while_threads_record_and_exit_during_the_drains() {
+        let (tx, mut rx) = bounded(1_000_000);
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5_000u16 {
+                        assert_eq!(tx.try_send(event(t * 10 + i % 10)), Ok(()));
+                    }
+                })
+            })
+            .collect();
+        let mut got = 0usize;
+        while !threads.iter().all(|t| t.is_finished()) {
+            while let Ok(Msg::Event(_)) = rx.try_recv() {
+                got += 1;
+            }
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        while let Ok(Msg::Event(_)) = rx.try_recv() {
+            got += 1;
+        }
+        assert_eq!(got, 40_000);
     }
 
     #[test]
