@@ -31,7 +31,32 @@ pub fn request_id_at(headers: &HeaderMap, unix_ms: u64) -> HeaderValue {
     }
     let mut buf = [0u8; ulid::ULID_LEN];
     let id = ulid::Ulid::from_parts(unix_ms, rand::random::<u128>()).array_to_str(&mut buf);
-    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("invalid"))
+    HeaderValue::from_maybe_shared(in_arena(id.as_bytes()))
+        .unwrap_or(HeaderValue::from_static("invalid"))
+}
+
+/// Ids carved out of this many bytes at a time.
+const ARENA_BYTES: usize = 4096;
+
+thread_local! {
+    static ARENA: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
+/// `bytes` copied into this thread's shared arena. A request's id is cloned
+/// into its context, its upstream request, its response and its analytics
+/// event: made as a value of its own, it costs an allocation, and the first
+/// clone another (to make it shareable). Carved from a shared buffer, both
+/// are one allocation per [`ARENA_BYTES`], and every clone only counts a
+/// reference. A buffer is freed once the last id cut from it is dropped.
+fn in_arena(bytes: &[u8]) -> bytes::Bytes {
+    ARENA.with(|arena| {
+        let mut arena = arena.borrow_mut();
+        if arena.capacity() - arena.len() < bytes.len() {
+            *arena = bytes::BytesMut::with_capacity(ARENA_BYTES.max(bytes.len()));
+        }
+        arena.extend_from_slice(bytes);
+        arena.split().freeze()
+    })
 }
 
 #[cfg(test)]
@@ -58,5 +83,16 @@ mod tests {
         assert_eq!(parse(&a).timestamp_ms(), at);
         assert_eq!(parse(&b).timestamp_ms(), at);
         assert_ne!(a, b, "two ids of the same millisecond differ");
+    }
+
+    #[test]
+    fn ids_carved_from_the_arena_stay_intact_across_refills() {
+        let ids: Vec<HeaderValue> = (0..(2 * ARENA_BYTES / ulid::ULID_LEN + 3))
+            .map(|i| request_id_at(&HeaderMap::new(), i as u64))
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            let parsed = ulid::Ulid::from_string(id.to_str().expect("ascii")).expect("a ULID");
+            assert_eq!(parsed.timestamp_ms(), i as u64, "id {i} was overwritten");
+        }
     }
 }
