@@ -43,13 +43,17 @@ pub fn key(subject: &str, limit: &str) -> String {
     format!("tg:{{{subject}}}:{limit}")
 }
 
+/// The statuses of one decision: up to four without an allocation (a
+/// route's limits and a plan's rates fit).
+pub type Statuses = smallvec::SmallVec<[Status; 4]>;
+
 /// The answer to one request over all its limits.
 #[derive(Debug)]
 pub struct Decision {
     /// Whether every limit let the request pass (and so counted it).
     pub allowed: bool,
     /// Each limit's status, in the order of the checks.
-    pub statuses: Vec<Status>,
+    pub statuses: Statuses,
     /// Concurrency slots held for this request; dropping it gives them back.
     pub permit: Option<Permit>,
 }

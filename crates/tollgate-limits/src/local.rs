@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::algo::{self, Rule, Status, WindowState};
 use crate::calendar;
-use crate::{Check, Decision, Permit};
+use crate::{Check, Decision, Permit, Statuses};
 
 /// A month's `(start, end)` in µs.
 type Period = (i64, i64);
@@ -161,7 +161,7 @@ impl Local {
             guards.iter().position(|(j, _)| *j == i).unwrap_or(0)
         };
 
-        let mut statuses = Vec::with_capacity(checks.len());
+        let mut statuses = Statuses::with_capacity(checks.len());
         let mut next = Vec::with_capacity(checks.len());
         for (n, check) in checks.iter().enumerate() {
             let g = guard(&mut guards, shard_of[n]);
@@ -227,7 +227,7 @@ impl Local {
             .then(|| Permit::local(self.shards.clone(), vec![key.to_owned()]));
         Decision {
             allowed: status.allowed,
-            statuses: vec![status],
+            statuses: smallvec::smallvec![status],
             permit,
         }
     }

@@ -208,7 +208,7 @@ impl Redis {
                 reset_us: v[2],
                 retry_after_us: v[3],
             })
-            .collect::<Vec<_>>();
+            .collect::<crate::Statuses>();
         if statuses.len() != checks.len() {
             return Err(unexpected());
         }

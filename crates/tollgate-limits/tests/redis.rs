@@ -44,7 +44,7 @@ fn new_york() -> Tz {
 }
 
 fn outcome(d: &Decision) -> (bool, Vec<Status>) {
-    (d.allowed, d.statuses.clone())
+    (d.allowed, d.statuses.to_vec())
 }
 
 // ---------------------------------------------------------------------------

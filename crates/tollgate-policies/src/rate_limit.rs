@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{request, response};
+use smallvec::SmallVec;
 use tollgate_core::config::{
     Algorithm, FailureMode, LimitBy, Period, PlanLimits, RateLimitConfig, SubscriptionMode,
 };
@@ -177,7 +178,12 @@ struct Applied<'a> {
     rule: Rule,
 }
 
-fn plan_checks(r: &Resolved, checks: &mut Vec<Check<'_>>, applied: &mut Vec<Applied<'_>>) {
+/// The limits of one request: a route's one or two and a plan's up to five
+/// fit without an allocation.
+type Checks<'a> = SmallVec<[Check<'a>; 4]>;
+type AppliedList<'a> = SmallVec<[Applied<'a>; 4]>;
+
+fn plan_checks(r: &Resolved, checks: &mut Checks<'_>, applied: &mut AppliedList<'_>) {
     let PlanLimits {
         per_second,
         per_minute,
@@ -339,31 +345,33 @@ fn fields(
     policy: Option<&HeaderValue>,
 ) -> Option<RateLimitFields> {
     let mut built = String::new();
-    let mut state = String::with_capacity(32 * applied.len());
+    // Built on the stack and copied once into a value of its exact size: a
+    // `String` handed to `Bytes` with room to spare costs a second allocation.
+    let mut state: SmallVec<[u8; 128]> = SmallVec::new();
     for (a, s) in applied.iter().zip(statuses) {
         if !state.is_empty() {
             built.push_str(", ");
-            state.push_str(", ");
+            state.extend_from_slice(b", ");
         }
         if policy.is_none() {
             built.push_str(&a.policy_item);
         }
         let mut num = itoa::Buffer::new();
-        state.push('"');
-        state.push_str(&a.name);
-        state.push_str("\";r=");
-        state.push_str(num.format(s.remaining));
+        state.push(b'"');
+        state.extend_from_slice(a.name.as_bytes());
+        state.extend_from_slice(b"\";r=");
+        state.extend_from_slice(num.format(s.remaining).as_bytes());
         if !matches!(a.rule, Rule::Concurrency { .. }) {
-            state.push_str(";t=");
-            state.push_str(num.format(secs_up(s.reset_us)));
+            state.extend_from_slice(b";t=");
+            state.extend_from_slice(num.format(secs_up(s.reset_us)).as_bytes());
         }
     }
     Some(RateLimitFields {
         policy: match policy {
             Some(p) => p.clone(),
-            None => HeaderValue::from_maybe_shared(bytes::Bytes::from(built)).ok()?,
+            None => HeaderValue::from_str(&built).ok()?,
         },
-        state: HeaderValue::from_maybe_shared(bytes::Bytes::from(state)).ok()?,
+        state: HeaderValue::from_bytes(&state).ok()?,
     })
 }
 
@@ -435,8 +443,8 @@ impl Policy for RateLimit {
             None => {}
         }
 
-        let mut checks: Vec<Check<'_>> = Vec::with_capacity(self.limits.len() + 5);
-        let mut applied: Vec<Applied> = Vec::with_capacity(self.limits.len() + 5);
+        let mut checks = Checks::new();
+        let mut applied = AppliedList::new();
         if let Some(r) = &resolved {
             plan_checks(r, &mut checks, &mut applied);
         }
