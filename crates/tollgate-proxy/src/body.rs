@@ -91,7 +91,9 @@ pub enum BodyError {
 /// connection to the target failed) can be sent again to another target.
 #[derive(Debug, Clone)]
 pub struct ReplayableBody {
-    slot: Arc<Mutex<Option<RequestBody>>>,
+    /// None for a request without a body: nothing to share between
+    /// attempts, and no allocation for the common bodiless request.
+    slot: Option<Arc<Mutex<Option<RequestBody>>>>,
     hint: SizeHint,
     end: bool,
 }
@@ -101,7 +103,10 @@ impl ReplayableBody {
         let hint = body.size_hint();
         let end = body.is_end_stream();
         ReplayableBody {
-            slot: Arc::new(Mutex::new(Some(body))),
+            slot: match body {
+                RequestBody::Empty => None,
+                body => Some(Arc::new(Mutex::new(Some(body)))),
+            },
             hint,
             end,
         }
@@ -109,7 +114,11 @@ impl ReplayableBody {
 
     /// Whether the body is still untouched (so an attempt may be repeated).
     pub fn unread(&self) -> bool {
-        self.end || self.slot.lock().map(|s| s.is_some()).unwrap_or(false)
+        self.end
+            || self
+                .slot
+                .as_ref()
+                .is_none_or(|slot| slot.lock().map(|s| s.is_some()).unwrap_or(false))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -119,11 +128,7 @@ impl ReplayableBody {
     /// A body for one upstream attempt.
     pub fn attempt(&self, limit: Option<u64>, idle: Duration, wire: Arc<TripWire>) -> UpstreamBody {
         UpstreamBody {
-            slot: if self.end {
-                None
-            } else {
-                Some(self.slot.clone())
-            },
+            slot: if self.end { None } else { self.slot.clone() },
             inner: None,
             hint: self.hint,
             end: self.end,

@@ -700,7 +700,7 @@ fn parse_head(
     let mut hosts = 0;
     spans.clear();
     for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
+        let name = crate::headers::field_name(h.name.as_bytes())
             .map_err(|_| bad_request("invalid header field name"))?;
         if name == header::CONNECTION {
             for token in h.value.split(|b| *b == b',') {

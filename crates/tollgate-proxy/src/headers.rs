@@ -15,6 +15,30 @@ pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// A field name as a parser read it, in any case. Names outside the
+/// standard table that requests to the gateway commonly carry come back as
+/// the static names, shared; any other name outside the standard table is
+/// an allocation of its own. The length and the first letter pick the one
+/// candidate to compare, so a standard name costs next to nothing more.
+pub(crate) fn field_name(raw: &[u8]) -> Result<HeaderName, header::InvalidHeaderName> {
+    let candidate: Option<&HeaderName> = match (raw.len(), raw.first().map(u8::to_ascii_lowercase))
+    {
+        (9, Some(b'x')) => Some(&tollgate_identity::authn::headers::X_API_KEY),
+        (10, Some(b'k')) => Some(&KEEP_ALIVE),
+        (10, Some(b't')) => Some(&TRACESTATE),
+        (11, Some(b't')) => Some(&TRACEPARENT),
+        (12, Some(b'x')) => Some(&X_REQUEST_ID),
+        (15, Some(b'x')) => Some(&X_FORWARDED_FOR),
+        (16, Some(b'x')) => Some(&X_FORWARDED_HOST),
+        (17, Some(b'x')) => Some(&X_FORWARDED_PROTO),
+        _ => None,
+    };
+    match candidate {
+        Some(name) if name.as_str().as_bytes().eq_ignore_ascii_case(raw) => Ok(name.clone()),
+        _ => HeaderName::from_bytes(raw),
+    }
+}
+
 /// Headers that are always connection-specific.
 const HOP_BY_HOP: [&HeaderName; 7] = [
     &header::CONNECTION,
@@ -331,6 +355,33 @@ pub fn set_forwarding(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interned_names_are_found_in_any_case_and_others_parsed() {
+        for raw in [
+            "X-API-Key",
+            "x-api-key",
+            "TRACEPARENT",
+            "tracestate",
+            "Keep-Alive",
+            "X-Request-Id",
+            "X-Forwarded-For",
+            "X-Forwarded-Host",
+            "X-Forwarded-Proto",
+        ] {
+            let name = field_name(raw.as_bytes()).expect("valid");
+            assert_eq!(name.as_str(), raw.to_ascii_lowercase());
+        }
+        assert_eq!(field_name(b"Host").expect("valid"), header::HOST);
+        assert_eq!(field_name(b"X-Custom").expect("valid").as_str(), "x-custom");
+        // Same length and first letter as an interned name, but another name.
+        assert_eq!(
+            field_name(b"X-API-Kez").expect("valid").as_str(),
+            "x-api-kez"
+        );
+        assert!(field_name(b"bad name").is_err());
+        assert!(field_name(b"").is_err());
+    }
 
     #[test]
     fn every_hop_by_hop_name_passes_the_length_filter() {

@@ -416,7 +416,7 @@ impl Connection {
         // Field values are shared with the frozen head, not copied.
         self.fields.clear();
         for h in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
+            let name = crate::headers::field_name(h.name.as_bytes())
                 .map_err(|_| ClientError::Invalid("invalid header name"))?;
             self.fields.push((name, span_of(&self.buf, h.value)));
         }
