@@ -35,8 +35,10 @@ pub fn request_id_at(headers: &HeaderMap, unix_ms: u64) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("invalid"))
 }
 
-/// Ids carved out of this many bytes at a time.
-const ARENA_BYTES: usize = 4096;
+/// Ids carved out of this many bytes at a time (39 ULIDs). A buffer lives
+/// as long as its longest-lived id (a long download keeps its id in its
+/// analytics event), so it is kept small.
+const ARENA_BYTES: usize = 1024;
 
 thread_local! {
     static ARENA: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
