@@ -178,8 +178,8 @@ struct Applied<'a> {
     rule: Rule,
 }
 
-/// The limits of one request: a route's one or two and a plan's up to five
-/// fit without an allocation.
+/// The limits of one request: up to four without an allocation (a route's
+/// own limits, or those and a plan's rates); more spill to the heap.
 type Checks<'a> = SmallVec<[Check<'a>; 4]>;
 type AppliedList<'a> = SmallVec<[Applied<'a>; 4]>;
 
