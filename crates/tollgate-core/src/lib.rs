@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod duration;
+pub mod fields;
 pub mod identity;
 pub mod ids;
 pub mod metrics;

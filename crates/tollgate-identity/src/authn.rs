@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use http::{HeaderName, HeaderValue};
+use tollgate_core::fields::UpstreamFields;
 use tollgate_core::identity::{CredentialType, KeyEnvironment};
 use tollgate_core::ids::{AppId, KeyId, OrgId};
 
@@ -112,18 +113,16 @@ impl Caller {
         self.scopes().iter().any(|s| s == scope)
     }
 
-    /// Sets the identity headers on a request going upstream.
-    pub fn write_headers(&self, h: &mut http::HeaderMap) {
+    /// Adds the identity headers to a request going upstream: a key's
+    /// block as it was encoded when the key entered the ring, a token's
+    /// fields one by one.
+    pub fn add_headers(&self, fields: &mut UpstreamFields) {
         match self {
-            Caller::Key(k) => {
-                for (name, value) in k.identity_headers() {
-                    h.insert(name.clone(), value.clone());
-                }
-            }
+            Caller::Key(k) => fields.push_block(k.identity_block().clone()),
             Caller::Token(t) => {
                 let mut set = |name: &HeaderName, value: &str| {
                     if let Ok(v) = HeaderValue::from_str(value) {
-                        h.insert(name.clone(), v);
+                        fields.push(name.clone(), v);
                     }
                 };
                 set(&headers::CREDENTIAL, t.credential.as_str());

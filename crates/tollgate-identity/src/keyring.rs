@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use tollgate_core::fields::FieldBlock;
 use tollgate_core::identity::KeyEnvironment;
 use tollgate_core::ids::{AppId, KeyId, OrgId};
 
@@ -31,7 +32,7 @@ pub struct KeyEntry {
     pub scopes: Vec<String>,
     /// When the key stops working (unix ms); rotation sets this on the old key.
     pub expires_at_ms: Option<i64>,
-    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    identity: Arc<FieldBlock>,
     last_used_ms: AtomicI64,
     flushed_ms: AtomicI64,
 }
@@ -45,9 +46,15 @@ impl KeyEntry {
         scopes: Vec<String>,
         expires_at_ms: Option<i64>,
     ) -> KeyEntry {
-        let headers = crate::authn::key_headers(&id, &org, &app, environment, &scopes);
+        let identity = Arc::new(FieldBlock::new(crate::authn::key_headers(
+            &id,
+            &org,
+            &app,
+            environment,
+            &scopes,
+        )));
         KeyEntry {
-            headers,
+            identity,
             id,
             org,
             app,
@@ -61,7 +68,12 @@ impl KeyEntry {
 
     /// The `X-Tollgate-*` headers the upstream receives for this key.
     pub fn identity_headers(&self) -> &[(http::HeaderName, http::HeaderValue)] {
-        &self.headers
+        self.identity.pairs()
+    }
+
+    /// The same headers, encoded once for the wire.
+    pub fn identity_block(&self) -> &Arc<FieldBlock> {
+        &self.identity
     }
 
     /// The last use recorded in memory (unix ms), 0 if never.

@@ -189,6 +189,11 @@ impl Policy for Auth {
         "auth"
     }
 
+    /// Only adds the identity fields, beside the others.
+    fn upstream_headers_as_map(&self) -> bool {
+        false
+    }
+
     async fn access(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Flow {
         let by_bearer = self.cfg.key_sources.contains(&KeySource::Bearer);
         let by_header = self.cfg.key_sources.contains(&KeySource::XApiKey);
@@ -236,9 +241,9 @@ impl Policy for Auth {
         Flow::Continue
     }
 
-    fn upstream_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) {
+    fn upstream_request(&self, ctx: &mut RequestCtx, _req: &mut request::Parts) {
         if let Some(caller) = &ctx.caller {
-            caller.write_headers(&mut req.headers);
+            caller.add_headers(&mut ctx.upstream_fields);
         }
     }
 }

@@ -64,6 +64,9 @@ impl Policy for Builtin {
     fn name(&self) -> &'static str {
         dispatch!(self, p => p.name())
     }
+    fn upstream_headers_as_map(&self) -> bool {
+        dispatch!(self, p => p.upstream_headers_as_map())
+    }
     async fn access(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Flow {
         dispatch!(self, p => p.access(ctx, req).await)
     }
@@ -113,6 +116,9 @@ fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
 impl Policy for IpRestriction {
     fn name(&self) -> &'static str {
         "ip_restriction"
+    }
+    fn upstream_headers_as_map(&self) -> bool {
+        false
     }
     async fn access(&self, ctx: &mut RequestCtx, _req: &mut request::Parts) -> Flow {
         if self.permits(ctx.client_ip) {
@@ -198,6 +204,9 @@ impl Cors {
 impl Policy for Cors {
     fn name(&self) -> &'static str {
         "cors"
+    }
+    fn upstream_headers_as_map(&self) -> bool {
+        false
     }
 
     async fn access(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Flow {
@@ -293,6 +302,9 @@ impl Policy for RequestSizeLimit {
     fn name(&self) -> &'static str {
         "request_size_limit"
     }
+    fn upstream_headers_as_map(&self) -> bool {
+        false
+    }
     async fn access(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Flow {
         let declared = req
             .headers
@@ -371,6 +383,9 @@ impl HeaderTransformer {
 impl Policy for HeaderTransformer {
     fn name(&self) -> &'static str {
         self.name
+    }
+    fn upstream_headers_as_map(&self) -> bool {
+        self.name == "request_transformer"
     }
     fn upstream_request(&self, _ctx: &mut RequestCtx, req: &mut request::Parts) {
         if self.name == "request_transformer" {

@@ -49,6 +49,9 @@ pub fn merge_specs<'a>(
 #[derive(Debug, Default)]
 pub struct Chain {
     policies: Vec<Builtin>,
+    /// The first policy whose upstream-request phase needs the gateway's
+    /// added fields in the request's map.
+    maps_fields_at: Option<usize>,
 }
 
 impl Chain {
@@ -83,24 +86,32 @@ impl Chain {
             .unwrap_or_default();
         let from =
             |level: &[PolicySpec], spec: &PolicySpec| level.iter().any(|p| std::ptr::eq(p, spec));
+        let policies: Vec<Builtin> = merged
+            .into_iter()
+            .map(|spec| {
+                let scope = if from(route.1, spec) {
+                    format!("route:{}", route.0)
+                } else if from(service.1, spec) {
+                    format!("service:{}", service.0)
+                } else {
+                    "global".to_owned()
+                };
+                let at = crate::Attachment {
+                    scope,
+                    required_scopes: required_scopes.clone(),
+                };
+                Builtin::compile(spec, env, &at)
+            })
+            .collect();
+        Chain::new(policies)
+    }
+
+    /// A chain of these policies, in this order.
+    pub fn new(policies: Vec<Builtin>) -> Chain {
+        let maps_fields_at = policies.iter().position(Policy::upstream_headers_as_map);
         Chain {
-            policies: merged
-                .into_iter()
-                .map(|spec| {
-                    let scope = if from(route.1, spec) {
-                        format!("route:{}", route.0)
-                    } else if from(service.1, spec) {
-                        format!("service:{}", service.0)
-                    } else {
-                        "global".to_owned()
-                    };
-                    let at = crate::Attachment {
-                        scope,
-                        required_scopes: required_scopes.clone(),
-                    };
-                    Builtin::compile(spec, env, &at)
-                })
-                .collect(),
+            policies,
+            maps_fields_at,
         }
     }
 
@@ -127,8 +138,14 @@ impl Chain {
         Ok(())
     }
 
+    /// Runs the upstream-request phase of every policy. The gateway's added
+    /// fields move into the request's map before the first policy that
+    /// reads or edits it, and stay encoded when none does.
     pub fn upstream_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) {
-        for p in &self.policies {
+        for (i, p) in self.policies.iter().enumerate() {
+            if self.maps_fields_at == Some(i) {
+                ctx.upstream_fields.materialize(&mut req.headers);
+            }
             p.upstream_request(ctx, req);
         }
     }

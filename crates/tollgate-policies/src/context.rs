@@ -72,6 +72,9 @@ pub struct RequestCtx {
     /// Concurrency slots this request holds; given back when the context
     /// is dropped (once the response head has been sent).
     pub permit: Option<tollgate_limits::Permit>,
+    /// The fields the gateway adds to the request going upstream, kept
+    /// encoded beside the request's map (see [`crate::Policy::upstream_headers_as_map`]).
+    pub upstream_fields: tollgate_core::fields::UpstreamFields,
     /// Free-form typed state for policies that need more.
     pub extensions: http::Extensions,
 }
@@ -116,6 +119,7 @@ impl RequestCtx {
             caller: None,
             rate_limit: None,
             permit: None,
+            upstream_fields: Default::default(),
             extensions: http::Extensions::new(),
         }
     }

@@ -83,8 +83,23 @@ pub trait Policy: Send + Sync + 'static {
     /// Upstream-request phase: runs once the gateway has stripped hop-by-hop
     /// headers and set its forwarding headers, just before the request leaves.
     /// Changes made here are what the upstream sees. The default does nothing.
+    ///
+    /// The fields the gateway adds (forwarding, request id, identity) wait
+    /// in `ctx.upstream_fields`, encoded for the wire, rather than in
+    /// `req.headers`; see [`Policy::upstream_headers_as_map`].
     fn upstream_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) {
         let _ = (ctx, req);
+    }
+
+    /// Whether [`Policy::upstream_request`] reads or edits `req.headers` and
+    /// must find the gateway's own fields there. Before the first policy
+    /// that says so, the chain moves `ctx.upstream_fields` into the map
+    /// ([`tollgate_core::fields::UpstreamFields::materialize`]); until then
+    /// they stay encoded and cost one copy each on the way out. The default,
+    /// `true`, is always correct; a policy whose hook leaves the request's
+    /// fields alone returns `false`.
+    fn upstream_headers_as_map(&self) -> bool {
+        true
     }
 
     /// Response phase: runs on every response head going back to the client,

@@ -409,6 +409,9 @@ impl Policy for RateLimit {
     fn name(&self) -> &'static str {
         "rate_limit"
     }
+    fn upstream_headers_as_map(&self) -> bool {
+        false
+    }
 
     async fn access(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Flow {
         let resolved = self.resolve(ctx);

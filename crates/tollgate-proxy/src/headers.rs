@@ -2,8 +2,10 @@
 //! forwarding headers from trusted proxies only, request ids and trace context.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use tollgate_core::fields::{FieldBlock, UpstreamFields};
 
 pub use tollgate_core::request_id::X_REQUEST_ID;
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -254,8 +256,21 @@ pub struct Peer {
     for_value: HeaderValue,
     /// `for=<node>;proto=<proto>`: `Forwarded`'s element without a host.
     element: HeaderValue,
-    /// The `Forwarded` value for the last `Host` seen on this connection.
-    last: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
+    /// The forwarding fields for a request without a `Host`, encoded.
+    bare: Arc<FieldBlock>,
+    /// The forwarding values for the last `Host` seen on this connection.
+    last: std::sync::Mutex<Option<ForHost>>,
+}
+
+/// A connection's forwarding values for one `Host`.
+#[derive(Debug)]
+struct ForHost {
+    host: HeaderValue,
+    /// `Forwarded`'s element with the host.
+    element: HeaderValue,
+    /// Every forwarding field, encoded: what a request from an untrusted
+    /// peer sends.
+    block: Arc<FieldBlock>,
 }
 
 impl Peer {
@@ -266,48 +281,129 @@ impl Peer {
             IpAddr::V6(_) => format!("for=\"[{s}]\";proto={proto}"),
             IpAddr::V4(_) => format!("for={s};proto={proto}"),
         };
+        let for_value = HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("unknown"));
+        let element =
+            HeaderValue::from_str(&element).unwrap_or(HeaderValue::from_static("for=unknown"));
+        let bare = Arc::new(FieldBlock::new(vec![
+            (X_FORWARDED_FOR.clone(), for_value.clone()),
+            (FORWARDED.clone(), element.clone()),
+            (X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto)),
+        ]));
         Peer {
             proto,
-            for_value: HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("unknown")),
-            element: HeaderValue::from_str(&element)
-                .unwrap_or(HeaderValue::from_static("for=unknown")),
+            for_value,
+            element,
+            bare,
             last: std::sync::Mutex::new(None),
         }
     }
 
-    /// `Forwarded`'s element for a request with this `Host`.
-    fn element_for(&self, host: Option<&HeaderValue>) -> Option<HeaderValue> {
-        let host = host.filter(|h| h.as_bytes().iter().all(|c| c.is_ascii_graphic()));
-        let Some(h) = host else {
-            return Some(self.element.clone());
-        };
+    /// Runs `f` on this connection's values for `host`, made when the
+    /// `Host` differs from the last request's.
+    fn for_host<T>(&self, host: &HeaderValue, f: impl FnOnce(&ForHost) -> T) -> T {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((seen, value)) = &*last
-            && seen == h
+        if let Some(seen) = &*last
+            && seen.host == host
         {
-            return Some(value.clone());
+            return f(seen);
         }
-        let mut s = Vec::with_capacity(self.element.len() + h.len() + 8);
-        s.extend_from_slice(self.element.as_bytes());
-        s.extend_from_slice(b";host=\"");
-        s.extend_from_slice(h.as_bytes());
-        s.push(b'"');
-        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()?;
-        *last = Some((h.clone(), value.clone()));
-        Some(value)
+        // `Forwarded` carries the host only when it is a plain token.
+        let element = if host.as_bytes().iter().all(|c| c.is_ascii_graphic()) {
+            let mut s = Vec::with_capacity(self.element.len() + host.len() + 8);
+            s.extend_from_slice(self.element.as_bytes());
+            s.extend_from_slice(b";host=\"");
+            s.extend_from_slice(host.as_bytes());
+            s.push(b'"');
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
+                .unwrap_or_else(|_| self.element.clone())
+        } else {
+            self.element.clone()
+        };
+        let block = Arc::new(FieldBlock::new(vec![
+            (X_FORWARDED_FOR.clone(), self.for_value.clone()),
+            (FORWARDED.clone(), element.clone()),
+            (
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(self.proto),
+            ),
+            (X_FORWARDED_HOST.clone(), host.clone()),
+        ]));
+        f(last.insert(ForHost {
+            host: host.clone(),
+            element,
+            block,
+        }))
     }
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` for the upstream. From
-/// a trusted peer, the chain is extended; from anyone else, whatever the
-/// client sent is replaced, so it cannot be forged.
-pub fn set_forwarding(
+/// What the gateway itself says in a request's fields: its forwarding
+/// fields and the request id. The gateway's own names are reserved: a
+/// client's `X-Tollgate-*` and `X-Request-Id` are removed, and so are its
+/// forwarding fields unless the peer is a trusted proxy.
+///
+/// From a trusted peer, the forwarding chain is extended in `headers`; from
+/// anyone else, the fields (the same for every request on a connection with
+/// the same `Host`) go to `fields` encoded, so they cannot be forged.
+pub fn set_gateway_fields(
     headers: &mut HeaderMap,
+    fields: &mut UpstreamFields,
     peer: &Peer,
     trusted_peer: bool,
     host: Option<&HeaderValue>,
+    request_id: &HeaderValue,
 ) {
-    let element = peer.element_for(host);
+    strip_client_copies(headers, !trusted_peer);
+    if trusted_peer {
+        extend_forwarding(headers, peer, host);
+    } else {
+        fields.push_block(match host {
+            Some(h) => peer.for_host(h, |c| c.block.clone()),
+            None => peer.bare.clone(),
+        });
+    }
+    fields.push(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// Removes the fields whose names the gateway sets itself: every
+/// `X-Tollgate-*` field (the identity fields, which upstreams must be able
+/// to trust), `X-Request-Id`, and with `forwarding`, the forwarding fields.
+/// One pass over the names finds them; most requests carry none.
+fn strip_client_copies(headers: &mut HeaderMap, forwarding: bool) {
+    let owned = |n: &HeaderName| {
+        let s = n.as_str();
+        match s.len() {
+            12 => s == X_REQUEST_ID.as_str(),
+            9 => forwarding && s == FORWARDED.as_str(),
+            15..=17 => {
+                forwarding
+                    && (s == X_FORWARDED_FOR.as_str()
+                        || s == X_FORWARDED_HOST.as_str()
+                        || s == X_FORWARDED_PROTO.as_str())
+            }
+            _ => false,
+        }
+    };
+    let reserved = tollgate_identity::authn::is_reserved_header;
+    if !headers.keys().any(|n| owned(n) || reserved(n)) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| owned(n) || reserved(n))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(&name);
+    }
+}
+
+/// Extends the forwarding fields a trusted proxy sent: its chain gets this
+/// connection's peer, and what it said about the scheme and host stands.
+fn extend_forwarding(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) {
+    let element = match host {
+        Some(h) => peer.for_host(h, |c| c.element.clone()),
+        None => peer.element.clone(),
+    };
     let joined = |name: &HeaderName, headers: &HeaderMap, last: &[u8]| -> Option<HeaderValue> {
         let mut parts = headers.get_all(name).iter().peekable();
         parts.peek()?;
@@ -319,36 +415,18 @@ pub fn set_forwarding(
         out.extend_from_slice(last);
         HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
     };
-    if trusted_peer {
-        let xff = joined(&X_FORWARDED_FOR, headers, peer.for_value.as_bytes())
-            .unwrap_or_else(|| peer.for_value.clone());
-        headers.insert(&X_FORWARDED_FOR, xff);
-        if let Some(e) = element {
-            let fwd = joined(&FORWARDED, headers, e.as_bytes()).unwrap_or(e);
-            headers.insert(&FORWARDED, fwd);
-        }
-        // What a trusted proxy said about the scheme and host stands.
+    let xff = joined(&X_FORWARDED_FOR, headers, peer.for_value.as_bytes())
+        .unwrap_or_else(|| peer.for_value.clone());
+    headers.insert(&X_FORWARDED_FOR, xff);
+    let fwd = joined(&FORWARDED, headers, element.as_bytes()).unwrap_or(element);
+    headers.insert(&FORWARDED, fwd);
+    headers
+        .entry(&X_FORWARDED_PROTO)
+        .or_insert_with(|| HeaderValue::from_static(peer.proto));
+    if let Some(h) = host {
         headers
-            .entry(&X_FORWARDED_PROTO)
-            .or_insert_with(|| HeaderValue::from_static(peer.proto));
-        if let Some(h) = host {
-            headers
-                .entry(&X_FORWARDED_HOST)
-                .or_insert_with(|| h.clone());
-        }
-    } else {
-        // Anything the client said is replaced (an insert drops every
-        // earlier value of the name).
-        headers.insert(&X_FORWARDED_FOR, peer.for_value.clone());
-        match element {
-            Some(e) => headers.insert(&FORWARDED, e),
-            None => headers.remove(&FORWARDED),
-        };
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(peer.proto));
-        match host {
-            Some(h) => headers.insert(&X_FORWARDED_HOST, h.clone()),
-            None => headers.remove(&X_FORWARDED_HOST),
-        };
+            .entry(&X_FORWARDED_HOST)
+            .or_insert_with(|| h.clone());
     }
 }
 
@@ -455,6 +533,60 @@ mod tests {
         }
     }
 
+    /// The gateway's fields for a request, moved into its map.
+    fn forward(h: &mut HeaderMap, peer: &Peer, trusted: bool, host: Option<&HeaderValue>) {
+        let mut fields = UpstreamFields::default();
+        let id = HeaderValue::from_static("rid-1");
+        set_gateway_fields(h, &mut fields, peer, trusted, host, &id);
+        fields.materialize(h);
+        assert_eq!(h[&X_REQUEST_ID], "rid-1");
+    }
+
+    /// From an untrusted peer, nothing the client sent under the gateway's
+    /// names is left in the map, and the gateway's own values wait encoded.
+    #[test]
+    fn gateway_fields_from_an_untrusted_peer_are_encoded_beside_the_map() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-request-id", "client-id"),
+            ("x-tollgate-org", "org_forged"),
+            ("x-kept", "1"),
+        ]);
+        let peer = Peer::new("203.0.113.9".parse().expect("ip"), "http");
+        let mut fields = UpstreamFields::default();
+        let host = HeaderValue::from_static("api.example.com");
+        let id = HeaderValue::from_static("rid-1");
+        set_gateway_fields(&mut h, &mut fields, &peer, false, Some(&host), &id);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "1");
+        let mut wire = Vec::new();
+        fields.encode(&mut wire);
+        assert_eq!(
+            String::from_utf8(wire).expect("utf-8"),
+            "x-forwarded-for: 203.0.113.9\r\n\
+             forwarded: for=203.0.113.9;proto=http;host=\"api.example.com\"\r\n\
+             x-forwarded-proto: http\r\n\
+             x-forwarded-host: api.example.com\r\n\
+             x-request-id: rid-1\r\n"
+        );
+        // A trusted proxy's forwarding fields stay (and are extended in the
+        // map); the reserved names still go.
+        let mut h = map(&[
+            ("x-forwarded-for", "198.51.100.7"),
+            ("x-request-id", "client-id"),
+            ("x-tollgate-app", "app_forged"),
+        ]);
+        let mut fields = UpstreamFields::default();
+        set_gateway_fields(&mut h, &mut fields, &peer, true, None, &id);
+        assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7, 203.0.113.9");
+        assert!(h.get("x-tollgate-app").is_none());
+        assert!(h.get(&X_REQUEST_ID).is_none());
+        assert_eq!(fields.get(&X_REQUEST_ID), Some(&id));
+    }
+
     #[test]
     fn forwarded_headers_from_untrusted_peers_are_replaced() {
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
@@ -465,7 +597,7 @@ mod tests {
         ]);
         let peer: IpAddr = "203.0.113.9".parse().expect("ip");
         assert_eq!(client_ip(peer, &h, &trusted), peer);
-        set_forwarding(
+        forward(
             &mut h,
             &Peer::new(peer, "http"),
             false,
@@ -487,13 +619,13 @@ mod tests {
         let peer = Peer::new("203.0.113.9".parse().expect("ip"), "https");
         for host in ["a.example", "a.example", "b.example", "a.example"] {
             let mut h = HeaderMap::new();
-            set_forwarding(&mut h, &peer, false, Some(&HeaderValue::from_static(host)));
+            forward(&mut h, &peer, false, Some(&HeaderValue::from_static(host)));
             let want = format!("for=203.0.113.9;proto=https;host=\"{host}\"");
             assert_eq!(h[&FORWARDED], want.as_str());
             assert_eq!(h[&X_FORWARDED_HOST], host);
         }
         let mut h = HeaderMap::new();
-        set_forwarding(&mut h, &peer, false, None);
+        forward(&mut h, &peer, false, None);
         assert_eq!(h[&FORWARDED], "for=203.0.113.9;proto=https");
     }
 
@@ -509,12 +641,12 @@ mod tests {
             client_ip(peer, &h, &trusted),
             "198.51.100.7".parse::<IpAddr>().expect("ip")
         );
-        set_forwarding(&mut h, &Peer::new(peer, "http"), true, None);
+        forward(&mut h, &Peer::new(peer, "http"), true, None);
         assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7, 10.0.0.2, 10.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         let v6: IpAddr = "::1".parse().expect("ip");
         let mut h = HeaderMap::new();
-        set_forwarding(&mut h, &Peer::new(v6, "https"), false, None);
+        forward(&mut h, &Peer::new(v6, "https"), false, None);
         assert_eq!(h[&FORWARDED], "for=\"[::1]\";proto=https");
     }
 }

@@ -30,6 +30,7 @@ pub(crate) fn spawn(svc: Arc<ServiceRt>, cfg: ActiveHealthCheck, stop: Cancellat
                 header::USER_AGENT,
                 HeaderValue::from_static("tollgate-health-check"),
             );
+            let no_fields = tollgate_core::fields::UpstreamFields::default();
             let mut tick = tokio::time::interval(cfg.interval.get());
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -42,6 +43,7 @@ pub(crate) fn spawn(svc: Arc<ServiceRt>, cfg: ActiveHealthCheck, stop: Cancellat
                     target: &cfg.path,
                     host: &target.host_header,
                     headers: &probe_headers,
+                    added: &no_fields,
                 };
                 let mut body = UpstreamBody::empty();
                 // Each probe makes its own connection (closed after it), so

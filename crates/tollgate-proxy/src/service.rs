@@ -265,14 +265,14 @@ async fn proxy(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    headers::set_forwarding(
+    headers::set_gateway_fields(
         &mut parts.headers,
+        &mut ctx.upstream_fields,
         &conn.forwarded,
         trusted_peer,
         original_host.as_ref(),
+        request_id,
     );
-    headers::strip_reserved(&mut parts.headers);
-    parts.headers.insert(&X_REQUEST_ID, request_id.clone());
     if drop_tp {
         parts.headers.remove(&headers::TRACEPARENT);
         parts.headers.remove(&headers::TRACESTATE);
@@ -305,6 +305,7 @@ async fn proxy(
         method: parts.method,
         path_and_query,
         headers: parts.headers,
+        added: std::mem::take(&mut ctx.upstream_fields),
         host: if rt.preserve_host {
             original_host
         } else {
@@ -574,6 +575,8 @@ struct Exchange {
     method: Method,
     path_and_query: String,
     headers: http::HeaderMap,
+    /// The gateway's fields, encoded, unless a policy moved them into `headers`.
+    added: tollgate_core::fields::UpstreamFields,
     host: Option<HeaderValue>,
     body: ReplayableBody,
     body_limit: Option<u64>,
@@ -680,6 +683,7 @@ async fn send(svc: &ServiceRt, ex: &Exchange) -> Result<Sent, ProxyError> {
             target: &ex.path_and_query,
             host: ex.host.as_ref().unwrap_or(&target.host_header),
             headers: &ex.headers,
+            added: &ex.added,
         };
         let wire = Arc::new(TripWire::at(now_ms));
         let mut body = ex.body.attempt(ex.body_limit, ex.body_idle, wire.clone());

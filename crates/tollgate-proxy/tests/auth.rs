@@ -135,6 +135,56 @@ async fn a_valid_key_passes_in_either_header_and_the_upstream_learns_who_called(
     }
 }
 
+/// The gateway's own fields (identity, forwarding, request id) are sent
+/// encoded beside the client's; a request transformer still sees and edits
+/// them as fields of the request.
+#[tokio::test]
+async fn a_request_transformer_edits_the_gateways_own_fields() {
+    let transform = json!({"name": "request_transformer", "config": {
+        "remove": ["x-forwarded-for", "x-tollgate-scopes"],
+        "set": {"x-request-id": "set-by-policy"},
+        "append": {"x-tollgate-app": "appended"},
+    }});
+    let (gw, _up) = keyed_gateway(json!([
+        {"name": "plain", "paths": ["/plain"], "policies": [auth(json!({}))]},
+        {"name": "edited", "paths": ["/edited"], "policies": [auth(json!({})), transform]},
+    ]))
+    .await;
+    let (key, ids) = add_key(&gw, KeyEnvironment::Live, &["orders:read"], None);
+    let c = client();
+    let sent = [
+        ("x-api-key", key.as_str()),
+        ("x-forwarded-for", "198.51.100.1"),
+        ("x-request-id", "from-client"),
+    ];
+    let r = c.request("GET", &gw.url("/plain"), &sent, empty()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let e = r.echo();
+    assert_eq!(e.header_all("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(e.header_all("x-request-id"), ["from-client"]);
+    assert_eq!(e.header_all("x-tollgate-scopes"), ["orders:read"]);
+    assert_eq!(e.header_all("x-tollgate-app"), [ids.app.as_str()]);
+
+    let r = c.request("GET", &gw.url("/edited"), &sent, empty()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let e = r.echo();
+    assert_eq!(e.header("x-forwarded-for"), None);
+    assert_eq!(e.header("x-tollgate-scopes"), None);
+    assert_eq!(e.header_all("x-request-id"), ["set-by-policy"]);
+    assert_eq!(
+        e.header_all("x-tollgate-app"),
+        [ids.app.as_str(), "appended"]
+    );
+    assert_eq!(e.header_all("x-forwarded-proto"), ["http"]);
+    assert_eq!(
+        e.header_all("x-tollgate-org"),
+        [ids.org.as_str()],
+        "the key's other fields are still sent once"
+    );
+    // The client still gets the request's own id back.
+    assert_eq!(r.header("x-request-id"), Some("from-client"));
+}
+
 #[tokio::test]
 async fn forged_identity_headers_are_removed_on_routes_without_auth_too() {
     let (gw, _up) = keyed_gateway(json!([{"name": "open", "paths": ["/open"]}])).await;

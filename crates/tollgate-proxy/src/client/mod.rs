@@ -49,6 +49,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tollgate_core::fields::UpstreamFields;
 
 use crate::body::{BoxError, UpstreamBody};
 
@@ -109,6 +110,8 @@ pub struct RequestHead<'a> {
     pub host: &'a HeaderValue,
     /// Every other field; framing fields here are ignored and rewritten.
     pub headers: &'a HeaderMap,
+    /// The gateway's own fields, written after `headers`.
+    pub added: &'a UpstreamFields,
 }
 
 /// One HTTP/1.1 connection to an upstream target.
@@ -552,6 +555,7 @@ fn encode_head(out: &mut Vec<u8>, head: &RequestHead<'_>, body: &UpstreamBody) -
         }
         write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    head.added.encode(out);
     let framing = if body.is_end_stream() {
         let expects_body = !matches!(
             *head.method,
@@ -663,11 +667,17 @@ mod tests {
             );
         }
         let host = HeaderValue::from_static("up.example:8080");
+        let mut added = UpstreamFields::default();
+        added.push(
+            HeaderName::from_static("x-request-id"),
+            HeaderValue::from_static("r1"),
+        );
         let head = RequestHead {
             method: &method,
             target: "/a/b?c=d",
             host: &host,
             headers: &map,
+            added: &added,
         };
         let mut out = Vec::new();
         let framing = encode_head(&mut out, &head, &body);
@@ -690,7 +700,7 @@ mod tests {
         assert_eq!(framing, ReqFraming::None);
         assert_eq!(
             head,
-            "GET /a/b?c=d HTTP/1.1\r\nhost: up.example:8080\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 0\r\n\r\n"
+            "GET /a/b?c=d HTTP/1.1\r\nhost: up.example:8080\r\nx-a: 1\r\nx-a: 2\r\nx-request-id: r1\r\ncontent-length: 0\r\n\r\n"
         );
         let (head, _) = head_for(Method::GET, &[], UpstreamBody::empty());
         assert!(!head.contains("content-length"), "{head}");
