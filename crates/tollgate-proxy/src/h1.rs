@@ -65,10 +65,10 @@ const MIN_READ: usize = 2048;
 /// Response body frames up to this size are copied behind the head and sent
 /// in one write; larger ones are written on their own.
 const COALESCE: usize = 16 * 1024;
-/// Fields the gateway may add to a request before it goes upstream:
-/// forwarding (4), request id, trace context (2), identity (up to 6) and
-/// room to spare.
-const ADDED_FIELDS: usize = 16;
+/// Fields the gateway may add to a request's map before it goes upstream:
+/// trace context (2) and a trusted proxy's forwarding fields (up to 4). Its
+/// other fields are encoded beside the map (decision 0017).
+const ADDED_FIELDS: usize = 6;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The socket and what has been read from it but not yet used.
@@ -731,8 +731,8 @@ fn parse_head(
     let raw = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(raw.slice(target.0..target.1))
         .map_err(|_| bad_request("invalid request target"))?;
-    // Room for the fields the gateway adds (forwarding, request id, trace
-    // context), so that adding them does not grow and rehash the map.
+    // Room for the fields the gateway adds to the map, so that adding them
+    // does not grow and rehash it.
     let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_FIELDS);
     for (name, (start, end)) in spans.drain(..) {
         let value = HeaderValue::from_maybe_shared(raw.slice(start..end))

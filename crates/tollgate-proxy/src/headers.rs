@@ -307,6 +307,9 @@ impl Peer {
         {
             return f(seen);
         }
+        // A copy of its own: the request's value shares the buffer its head
+        // was read into, which the cache would otherwise keep alive.
+        let host = &HeaderValue::from_bytes(host.as_bytes()).unwrap_or_else(|_| host.clone());
         // `Forwarded` carries the host only when it is a plain token.
         let element = if host.as_bytes().iter().all(|c| c.is_ascii_graphic()) {
             let mut s = Vec::with_capacity(self.element.len() + host.len() + 8);
