@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
@@ -138,6 +138,125 @@ impl UpstreamFields {
     }
 }
 
+/// A message's fields as they arrived, passed on without a map: the head
+/// they were read from and where each name and value lies in it. The
+/// upstream client makes one for a response head with nothing unusual in
+/// it; the gateway writes the fields back out from the spans, and builds a
+/// map of them only when something needs one
+/// ([`PassedFields::materialize`]).
+///
+/// `Content-Length` is kept apart: the server writes its own framing.
+/// Fields the gateway sets itself win over these: a name that is in the
+/// response's map is not passed on ([`PassedFields::encode`]).
+#[derive(Debug, Clone)]
+pub struct PassedFields {
+    raw: Bytes,
+    fields: SmallVec<[(Span, Span); 8]>,
+    length: Option<(Span, u64)>,
+    dated: bool,
+}
+
+/// A range of [`PassedFields`]'s head.
+#[derive(Debug, Clone, Copy)]
+struct Span(u32, u32);
+
+impl Span {
+    fn of(range: std::ops::Range<usize>) -> Span {
+        Span(range.start as u32, range.end as u32)
+    }
+    fn range(self) -> std::ops::Range<usize> {
+        self.0 as usize..self.1 as usize
+    }
+}
+
+impl PassedFields {
+    /// Fields that lie in `raw`, a head of at most 4 GiB.
+    pub fn new(raw: Bytes) -> PassedFields {
+        PassedFields {
+            raw,
+            fields: SmallVec::new(),
+            length: None,
+            dated: false,
+        }
+    }
+
+    /// Adds a field: the ranges of its name and value in the head. The
+    /// name must be a valid field name and the value a valid field value.
+    pub fn push(&mut self, name: std::ops::Range<usize>, value: std::ops::Range<usize>) {
+        if name.len() == 4 && self.raw[name.clone()].eq_ignore_ascii_case(b"date") {
+            self.dated = true;
+        }
+        self.fields.push((Span::of(name), Span::of(value)));
+    }
+
+    /// Sets the message's `Content-Length`: its value's range and the length.
+    pub fn set_length(&mut self, value: std::ops::Range<usize>, length: u64) {
+        self.length = Some((Span::of(value), length));
+    }
+
+    /// The `Content-Length`, if the message had one.
+    pub fn length(&self) -> Option<u64> {
+        self.length.map(|(_, n)| n)
+    }
+
+    /// Whether a `Date` field is among the fields.
+    pub fn has_date(&self) -> bool {
+        self.dated
+    }
+
+    /// The fields other than `Content-Length`, as name and value.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields
+            .iter()
+            .map(|(n, v)| (&self.raw[n.range()], &self.raw[v.range()]))
+    }
+
+    /// Appends to `headers` every field whose name it does not hold already,
+    /// `Content-Length` included.
+    pub fn materialize(self, headers: &mut HeaderMap) {
+        let set: SmallVec<[HeaderName; 4]> = headers.keys().cloned().collect();
+        let length = self
+            .length
+            .map(|(v, _)| (http::header::CONTENT_LENGTH.as_str().as_bytes(), v));
+        let spans = self
+            .fields
+            .iter()
+            .map(|(n, v)| (&self.raw[n.range()], *v))
+            .chain(length);
+        for (name, value) in spans {
+            let Ok(name) = HeaderName::from_bytes(name) else {
+                continue;
+            };
+            if set.contains(&name) {
+                continue;
+            }
+            if let Ok(value) = HeaderValue::from_maybe_shared(self.raw.slice(value.range())) {
+                headers.append(name, value);
+            }
+        }
+    }
+
+    /// Appends the fields other than `Content-Length` to `out` as
+    /// `name: value\r\n` lines, in the order they arrived, except those
+    /// whose name `headers` holds: the gateway set those itself.
+    pub fn encode(&self, out: &mut BytesMut, headers: &HeaderMap) {
+        for (name, value) in self.iter() {
+            let overridden = !headers.is_empty()
+                && headers.keys().any(|k| {
+                    k.as_str().len() == name.len()
+                        && k.as_str().as_bytes().eq_ignore_ascii_case(name)
+                });
+            if overridden {
+                continue;
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +311,59 @@ mod tests {
         assert_eq!(map["x-b"], "b");
         assert_eq!(map["x-c"], "c");
         assert_eq!(map["x-kept"], "k");
+    }
+
+    fn passed() -> PassedFields {
+        let raw = Bytes::from_static(
+            b"HTTP/1.1 200 OK\r\nServer: up\r\nX-Request-Id: up-1\r\nVary: Accept\r\nDate: d\r\nContent-Length: 12\r\n\r\n",
+        );
+        let at = |s: &str| {
+            let i = raw
+                .windows(s.len())
+                .position(|w| w == s.as_bytes())
+                .expect("in head");
+            i..i + s.len()
+        };
+        let mut p = PassedFields::new(raw.clone());
+        p.push(at("Server"), at("up\r").start..at("up\r").end - 1);
+        p.push(at("X-Request-Id"), at("up-1"));
+        p.push(at("Vary"), at("Accept"));
+        p.push(at("Date"), at("d\r").start..at("d\r").end - 1);
+        p.set_length(at("12"), 12);
+        p
+    }
+
+    #[test]
+    fn passed_fields_are_written_as_they_came_but_for_names_the_map_sets() {
+        let p = passed();
+        assert!(p.has_date());
+        assert_eq!(p.length(), Some(12));
+        let mut map = HeaderMap::new();
+        map.insert("x-request-id", HeaderValue::from_static("gw-1"));
+        let mut out = BytesMut::new();
+        p.encode(&mut out, &map);
+        assert_eq!(&out[..], b"Server: up\r\nVary: Accept\r\nDate: d\r\n");
+        let mut out = BytesMut::new();
+        p.encode(&mut out, &HeaderMap::new());
+        assert_eq!(
+            &out[..],
+            b"Server: up\r\nX-Request-Id: up-1\r\nVary: Accept\r\nDate: d\r\n"
+        );
+    }
+
+    #[test]
+    fn materialized_passed_fields_join_the_map_without_replacing_it() {
+        let mut map = HeaderMap::new();
+        map.insert("x-request-id", HeaderValue::from_static("gw-1"));
+        passed().materialize(&mut map);
+        assert_eq!(
+            map.get_all("x-request-id").iter().collect::<Vec<_>>(),
+            ["gw-1"]
+        );
+        assert_eq!(map["server"], "up");
+        assert_eq!(map["vary"], "Accept");
+        assert_eq!(map["date"], "d");
+        assert_eq!(map["content-length"], "12");
+        assert_eq!(map.len(), 5);
     }
 }

@@ -193,6 +193,9 @@ impl Policy for Auth {
     fn upstream_headers_as_map(&self) -> bool {
         false
     }
+    fn response_headers_as_map(&self) -> bool {
+        false
+    }
 
     async fn access(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Flow {
         let by_bearer = self.cfg.key_sources.contains(&KeySource::Bearer);

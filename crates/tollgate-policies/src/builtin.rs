@@ -67,6 +67,9 @@ impl Policy for Builtin {
     fn upstream_headers_as_map(&self) -> bool {
         dispatch!(self, p => p.upstream_headers_as_map())
     }
+    fn response_headers_as_map(&self) -> bool {
+        dispatch!(self, p => p.response_headers_as_map())
+    }
     async fn access(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Flow {
         dispatch!(self, p => p.access(ctx, req).await)
     }
@@ -118,6 +121,9 @@ impl Policy for IpRestriction {
         "ip_restriction"
     }
     fn upstream_headers_as_map(&self) -> bool {
+        false
+    }
+    fn response_headers_as_map(&self) -> bool {
         false
     }
     async fn access(&self, ctx: &mut RequestCtx, _req: &mut request::Parts) -> Flow {
@@ -305,6 +311,9 @@ impl Policy for RequestSizeLimit {
     fn upstream_headers_as_map(&self) -> bool {
         false
     }
+    fn response_headers_as_map(&self) -> bool {
+        false
+    }
     async fn access(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Flow {
         let declared = req
             .headers
@@ -386,6 +395,9 @@ impl Policy for HeaderTransformer {
     }
     fn upstream_headers_as_map(&self) -> bool {
         self.name == "request_transformer"
+    }
+    fn response_headers_as_map(&self) -> bool {
+        self.name == "response_transformer"
     }
     fn upstream_request(&self, _ctx: &mut RequestCtx, req: &mut request::Parts) {
         if self.name == "request_transformer" {

@@ -2,6 +2,7 @@
 
 use http::{request, response};
 use tollgate_core::config::PolicySpec;
+use tollgate_core::fields::PassedFields;
 
 use crate::{Builtin, Flow, LogSummary, Policy, PolicyEnv, RequestCtx};
 
@@ -52,6 +53,9 @@ pub struct Chain {
     /// The first policy whose upstream-request phase needs the gateway's
     /// added fields in the request's map.
     maps_fields_at: Option<usize>,
+    /// The first policy whose response phase needs the upstream's fields in
+    /// the response's map.
+    maps_response_at: Option<usize>,
 }
 
 impl Chain {
@@ -109,9 +113,11 @@ impl Chain {
     /// A chain of these policies, in this order.
     pub fn new(policies: Vec<Builtin>) -> Chain {
         let maps_fields_at = policies.iter().position(Policy::upstream_headers_as_map);
+        let maps_response_at = policies.iter().position(Policy::response_headers_as_map);
         Chain {
             policies,
             maps_fields_at,
+            maps_response_at,
         }
     }
 
@@ -150,9 +156,22 @@ impl Chain {
         }
     }
 
-    /// Runs the response phase of every policy.
-    pub fn response(&self, ctx: &mut RequestCtx, res: &mut response::Parts) {
-        for p in &self.policies {
+    /// Runs the response phase of every policy. `passed` holds an upstream
+    /// response's fields as they arrived; they move into the response's map
+    /// before the first policy that reads or edits them, and stay where they
+    /// are when none does.
+    pub fn response(
+        &self,
+        ctx: &mut RequestCtx,
+        res: &mut response::Parts,
+        passed: &mut Option<PassedFields>,
+    ) {
+        for (i, p) in self.policies.iter().enumerate() {
+            if self.maps_response_at == Some(i)
+                && let Some(fields) = passed.take()
+            {
+                fields.materialize(&mut res.headers);
+            }
             p.response(ctx, res);
         }
     }

@@ -105,8 +105,23 @@ pub trait Policy: Send + Sync + 'static {
     /// Response phase: runs on every response head going back to the client,
     /// from the upstream or from the gateway (including another policy's early
     /// reply), in chain order. The default does nothing.
+    ///
+    /// An upstream's fields are passed on as they arrived rather than put in
+    /// `res.headers`; see [`Policy::response_headers_as_map`]. A field set
+    /// in `res.headers` replaces the upstream's fields of that name.
     fn response(&self, ctx: &mut RequestCtx, res: &mut response::Parts) {
         let _ = (ctx, res);
+    }
+
+    /// Whether [`Policy::response`] reads the upstream's fields or adds to
+    /// them (appends, removes) and so must find them in `res.headers`.
+    /// Before the first policy that says so, the chain moves the upstream's
+    /// fields into the map ([`tollgate_core::fields::PassedFields::materialize`]);
+    /// until then they are written out from the head they arrived in. The
+    /// default, `true`, is always correct; a policy that only sets fields of
+    /// its own (each replacing the upstream's of that name) returns `false`.
+    fn response_headers_as_map(&self) -> bool {
+        true
     }
 
     /// Log phase: runs after the response head was handed to the client. It

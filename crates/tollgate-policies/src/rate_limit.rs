@@ -412,6 +412,10 @@ impl Policy for RateLimit {
     fn upstream_headers_as_map(&self) -> bool {
         false
     }
+    /// Sets its two fields, which replace an upstream's own.
+    fn response_headers_as_map(&self) -> bool {
+        false
+    }
 
     async fn access(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Flow {
         let resolved = self.resolve(ctx);

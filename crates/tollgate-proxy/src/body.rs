@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
+use tollgate_core::fields::PassedFields;
 
 use crate::client::ResponseBody;
 use crate::h1::RequestBody;
@@ -267,6 +268,9 @@ pub struct UpstreamResponse {
     pub recording: Option<Recording>,
     /// Body bytes passed to the client so far.
     pub sent: u64,
+    /// The upstream's fields, passed on as they arrived unless a policy
+    /// moved them into the response's map.
+    pub fields: Option<PassedFields>,
 }
 
 impl UpstreamResponse {
@@ -332,7 +336,24 @@ impl ProxyBody {
             guard: Some(guard),
             recording,
             sent: 0,
+            fields: None,
         }))
+    }
+
+    /// The upstream's fields still waiting to be written out.
+    pub fn fields(&self) -> Option<&PassedFields> {
+        match self {
+            ProxyBody::Upstream(u) => u.fields.as_ref(),
+            ProxyBody::Full(_) => None,
+        }
+    }
+
+    /// Takes the upstream's fields, to be put in a map.
+    pub fn take_fields(&mut self) -> Option<PassedFields> {
+        match self {
+            ProxyBody::Upstream(u) => u.fields.take(),
+            ProxyBody::Full(_) => None,
+        }
     }
 
     /// The body's length when the gateway made it.

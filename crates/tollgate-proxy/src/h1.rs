@@ -808,6 +808,20 @@ fn encode_head(
     // RFC 9110 section 8.6: no Content-Length in a 1xx or a 204.
     let lengthless = status.is_informational() || status == StatusCode::NO_CONTENT;
     let mut dated = false;
+    // An upstream's fields first, as they arrived, except those the gateway
+    // set itself; then the map's.
+    if let Some(passed) = res.body().fields() {
+        passed.encode(out, res.headers());
+        dated = passed.has_date();
+        if framing.is_none()
+            && !lengthless
+            && let Some(n) = passed.length()
+        {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
     for (name, value) in res.headers() {
         if name == header::TRANSFER_ENCODING
             || (name == header::CONTENT_LENGTH && (framing.is_some() || lengthless))
@@ -857,10 +871,13 @@ async fn write_response(
     let status = res.status();
     // Upstream lengths were checked by the client; an unusable one is
     // dropped here and the body framed by what it turns out to be.
-    let declared = res
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| crate::client::parse_decimal(v.as_bytes().trim_ascii()));
+    let declared = match res.body().fields() {
+        Some(passed) => passed.length(),
+        None => res
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| crate::client::parse_decimal(v.as_bytes().trim_ascii())),
+    };
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;

@@ -52,9 +52,33 @@ const HOP_BY_HOP: [&HeaderName; 7] = [
     &header::UPGRADE,
 ];
 
-/// Whether `name` is one of the always hop-by-hop fields.
-pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    hop_by_hop_index(name).is_some()
+/// What a field is to the connection it arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    /// Another of the always hop-by-hop fields (RFC 9110 section 7.6.1).
+    HopByHop,
+    Other,
+}
+
+/// Classifies a field name as it arrived, in any case, without making a
+/// `HeaderName` of it: [`HOP_BY_HOP`]'s names are all `HopByHop` but the
+/// three that frame or manage the connection. The length picks the few
+/// candidates, so most names cost one comparison or none.
+pub(crate) fn classify(name: &[u8]) -> Class {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        2 if is("te") => Class::HopByHop,
+        7 if is("trailer") || is("upgrade") => Class::HopByHop,
+        10 if is("connection") => Class::Connection,
+        10 if is("keep-alive") => Class::HopByHop,
+        14 if is("content-length") => Class::ContentLength,
+        16 if is("proxy-connection") => Class::HopByHop,
+        17 if is("transfer-encoding") => Class::TransferEncoding,
+        _ => Class::Other,
+    }
 }
 
 /// The position of `name` in [`HOP_BY_HOP`]. Most names are ruled out by
@@ -462,6 +486,20 @@ mod tests {
         );
         assert!(field_name(b"bad name").is_err());
         assert!(field_name(b"").is_err());
+    }
+
+    #[test]
+    fn raw_names_classify_as_their_header_names_do() {
+        for name in HOP_BY_HOP {
+            let upper = name.as_str().to_ascii_uppercase();
+            assert_ne!(classify(upper.as_bytes()), Class::Other, "{name}");
+        }
+        assert_eq!(classify(b"Connection"), Class::Connection);
+        assert_eq!(classify(b"content-LENGTH"), Class::ContentLength);
+        assert_eq!(classify(b"Transfer-Encoding"), Class::TransferEncoding);
+        for other in ["content-type", "x-upgrade", "tE2", "date", "trailers"] {
+            assert_eq!(classify(other.as_bytes()), Class::Other, "{other}");
+        }
     }
 
     #[test]

@@ -266,7 +266,11 @@ async fn serve_h2<IO>(
             let stream = StreamGuard::open(&streams);
             let handled = handle(gw.clone(), conn.clone(), req.map(RequestBody::H2));
             async move {
-                let Ok(res) = handled.await;
+                let Ok(mut res) = handled.await;
+                // hyper writes the map alone.
+                if let Some(fields) = res.body_mut().take_fields() {
+                    fields.materialize(res.headers_mut());
+                }
                 Ok::<_, Infallible>(res.map(|body| TrackedBody {
                     body,
                     _stream: stream,

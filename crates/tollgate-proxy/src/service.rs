@@ -340,7 +340,8 @@ async fn proxy(
     }
     trace.end_span(upstream_span);
 
-    let (mut res_parts, res_body) = upstream_res.into_parts();
+    let (mut res_parts, mut res_body) = upstream_res.into_parts();
+    let mut passed = res_body.take_fields();
     // The client's connection has its own protocol version; the upstream's is hop-by-hop.
     res_parts.version = client_version;
     let target = guard.0.addr.clone();
@@ -375,7 +376,7 @@ async fn proxy(
         ProxyBody::upstream(res_body, svc.read_timeout, deadline, guard, None)
     };
     let phase = trace.start_span(span_name::RESPONSE, SpanKind::Internal);
-    rt.chain.response(&mut ctx, &mut res_parts);
+    rt.chain.response(&mut ctx, &mut res_parts, &mut passed);
     trace.end_span(phase);
     let summary = LogSummary {
         status: res_parts.status,
@@ -389,6 +390,7 @@ async fn proxy(
     let body = match body {
         ProxyBody::Upstream(mut u) => {
             u.recording = Some(recording);
+            u.fields = passed;
             ProxyBody::Upstream(u)
         }
         full => {
@@ -552,7 +554,7 @@ fn finish(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = res.into_parts();
     let phase = trace.start_span(span_name::RESPONSE, SpanKind::Internal);
-    rec.rt.chain.response(ctx, &mut parts);
+    rec.rt.chain.response(ctx, &mut parts, &mut None);
     trace.end_span(phase);
     if let Some(code) = code {
         trace.set_attribute(SpanHandle::ROOT, attr::ERROR_TYPE, code.as_str());

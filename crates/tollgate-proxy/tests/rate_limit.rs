@@ -57,6 +57,11 @@ fn config_with(up: &Upstream, routes: Value, plans: Value) -> Value {
 #[tokio::test]
 async fn a_route_limit_by_address_answers_429_with_the_ietf_fields() {
     let up = Upstream::echo("up").await;
+    // An upstream's own fields of these names give way to the gateway's.
+    *up.control.response_headers.lock().unwrap() = vec![
+        ("RateLimit".into(), "\"up\";r=9;t=1".into()),
+        ("ratelimit-policy".into(), "\"up\";q=10".into()),
+    ];
     let gw = TestGateway::start(&one_service(
         &up.url(),
         json!([{"name": "api", "paths": ["/api"], "policies": [rate_limit(json!({
@@ -70,6 +75,9 @@ async fn a_route_limit_by_address_answers_429_with_the_ietf_fields() {
         assert_eq!(r.header("ratelimit-policy"), Some("\"1m\";q=3;w=60"));
         let state = r.header("ratelimit").expect("RateLimit field");
         assert!(state.starts_with(&format!("\"1m\";r={left};t=")), "{state}");
+        for name in ["ratelimit", "ratelimit-policy"] {
+            assert_eq!(r.headers.get_all(name).iter().count(), 1, "{name}");
+        }
     }
     let r = get(&gw.url("/api")).await;
     assert_eq!(r.problem(429), "rate_limited");

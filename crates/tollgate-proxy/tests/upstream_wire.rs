@@ -445,6 +445,63 @@ async fn a_head_response_has_no_body_and_keeps_the_connection() {
     up.expect_conns(&[1, 1]).await;
 }
 
+/// The upstream's fields reach the client as they arrived, in order,
+/// repeated ones included, over HTTP/1.1 and HTTP/2; a field the gateway
+/// sets itself replaces the upstream's of that name; and every line the
+/// client gets ends in CRLF, even where the upstream ended one in LF alone.
+#[tokio::test]
+async fn the_upstreams_fields_are_passed_on_and_the_gateways_own_replace_them() {
+    let up = RawUpstream::answering(|_| {
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\n\
+          X-Mixed-Case:   spaced value \r\nSet-Cookie: b=2\nX-Request-Id: upstream-id\r\n\
+          Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok"
+    })
+    .await;
+    let gw = gateway(&up).await;
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.send("GET /f HTTP/1.1\r\nHost: t\r\nX-Request-Id: client-id\r\n\r\n")
+        .await;
+    let r = raw.response().await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+    let head = String::from_utf8(r.head.clone()).expect("ascii head");
+    assert!(
+        head.split("\r\n").all(|line| !line.contains('\n')),
+        "a bare LF in {head:?}"
+    );
+    let names: Vec<&str> = r.headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "content-type",
+            "set-cookie",
+            "x-mixed-case",
+            "set-cookie",
+            "date",
+            "x-request-id",
+            "content-length"
+        ],
+        "{head}"
+    );
+    assert_eq!(r.header("x-mixed-case"), Some("spaced value"));
+    assert_eq!(r.header("x-request-id"), Some("client-id"));
+    assert_eq!(r.header("date"), Some("Tue, 01 Dec 2026 00:00:00 GMT"));
+
+    let mut h2 = h2c(gw.addr).await;
+    let req = Request::get(format!("http://{}/f", gw.addr))
+        .header("x-request-id", "h2-id")
+        .body(empty())
+        .expect("request");
+    let res = within("h2c request", h2.send_request(req))
+        .await
+        .expect("h2c response");
+    let cookies: Vec<_> = res.headers().get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    let ids: Vec<_> = res.headers().get_all("x-request-id").iter().collect();
+    assert_eq!(ids, ["h2-id"]);
+    assert_eq!(res.headers()["x-mixed-case"], "spaced value");
+    assert_eq!(res.headers()["content-type"], "text/plain");
+}
+
 #[tokio::test]
 async fn no_content_and_not_modified_have_no_body_and_keep_the_connection() {
     let mut up = RawUpstream::answering(|req| match req.target.as_str() {
@@ -463,6 +520,7 @@ async fn no_content_and_not_modified_have_no_body_and_keep_the_connection() {
     let r = c.get(&gw.url("/304")).await;
     assert_reply(&r, 304, b"");
     assert_eq!(r.header("etag"), Some("\"v1\""));
+    assert_eq!(r.header("content-length"), Some("5"));
     assert_reply(&c.get(&gw.url("/after")).await, 200, b"ok");
     up.expect_conns(&[1, 1, 1]).await;
 }

@@ -135,7 +135,7 @@ fn cors_preflight_is_answered_for_allowed_origins_only() {
     assert_eq!(reply.headers[header::ACCESS_CONTROL_ALLOW_HEADERS], "x-a");
     assert_eq!(reply.headers[header::ACCESS_CONTROL_MAX_AGE], "600");
     let mut res = Response::new(()).into_parts().0;
-    chain.response(&mut c, &mut res);
+    chain.response(&mut c, &mut res, &mut None);
     assert_eq!(
         res.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
         "https://app.example.com"
@@ -176,7 +176,7 @@ fn cors_preflight_is_answered_for_allowed_origins_only() {
     ))
     .expect("continues");
     let mut res = Response::new(()).into_parts().0;
-    chain.response(&mut c, &mut res);
+    chain.response(&mut c, &mut res, &mut None);
     assert!(
         !res.headers
             .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
@@ -193,7 +193,7 @@ fn cors_wildcard_sends_star_and_exposes() {
     ))
     .expect("continues");
     let mut res = Response::new(()).into_parts().0;
-    chain.response(&mut c, &mut res);
+    chain.response(&mut c, &mut res, &mut None);
     assert_eq!(res.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
     assert_eq!(
         res.headers[header::ACCESS_CONTROL_EXPOSE_HEADERS],
@@ -270,7 +270,7 @@ fn transformers_apply_in_documented_order() {
         .expect("res")
         .into_parts()
         .0;
-    chain.response(&mut c, &mut res);
+    chain.response(&mut c, &mut res, &mut None);
     assert!(!res.headers.contains_key("x-drop"));
     assert_eq!(res.headers["x-set"], "1");
 }

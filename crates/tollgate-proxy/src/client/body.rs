@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
+use tollgate_core::fields::PassedFields;
 
 use super::chunked::{Chunk, Decoded, decode_chunk};
 use super::{COPY_BELOW, ClientError, Connection, READ_RESERVE, read_into};
@@ -33,9 +34,17 @@ pub struct ResponseBody {
     pub(super) kind: Kind,
     /// Whether the connection may serve another request after this body.
     pub(super) reusable: bool,
+    /// The response head's fields, until they are taken.
+    pub(super) passed: Option<PassedFields>,
 }
 
 impl ResponseBody {
+    /// The response head's fields (every one but the hop-by-hop ones); a
+    /// 101's are in its map instead.
+    pub fn take_fields(&mut self) -> Option<PassedFields> {
+        self.passed.take()
+    }
+
     /// For a 101 response: the connection and any bytes of the new protocol
     /// already read. `None` for any other response.
     pub fn into_upgraded(mut self) -> Option<(TcpStream, Bytes)> {

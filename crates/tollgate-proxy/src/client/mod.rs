@@ -30,7 +30,9 @@
 //! The response's hop-by-hop fields (RFC 9110 section 7.6.1: `Connection`,
 //! the fields it names, `Keep-Alive`, `Transfer-Encoding` and the rest) belong
 //! to this connection and are dropped while the head is parsed, except in a
-//! 101, whose `Upgrade` the tunnel needs.
+//! 101, whose `Upgrade` the tunnel needs. The other fields are not put in a
+//! map: they stay spans of the head ([`PassedFields`]), which the server
+//! writes back out (decision 0017).
 //!
 //! A connection is reused only after a complete response that did not ask
 //! to close it, when the request body was sent in full and nothing
@@ -43,15 +45,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tollgate_core::fields::UpstreamFields;
+use tollgate_core::fields::{PassedFields, UpstreamFields};
 
 use crate::body::{BoxError, UpstreamBody};
+use crate::headers::{Class, classify};
 
 mod body;
 pub(crate) mod chunked;
@@ -122,9 +125,9 @@ pub struct Connection {
     buf: BytesMut,
     /// The request head being written; kept to reuse its allocation.
     out: Vec<u8>,
-    /// The response head's field names and where their values lie, while
-    /// it is parsed; kept to reuse its allocation.
-    fields: Vec<(HeaderName, (usize, usize))>,
+    /// Where the response head's passed fields' names and values lie,
+    /// while it is parsed; kept to reuse its allocation.
+    fields: Vec<((usize, usize), (usize, usize))>,
     /// Whether this connection served a request before this one.
     reused: bool,
     /// The target's `host:port`: the pool it belongs to.
@@ -180,10 +183,11 @@ impl Connection {
         // False while nothing of the request can have reached the upstream.
         let mut written = false;
         match self.send_and_read(head, body, framing, &mut written).await {
-            Ok((res, kind, reusable)) => Ok(res.map(|()| ResponseBody {
+            Ok((res, kind, reusable)) => Ok(res.map(|passed| ResponseBody {
                 conn: Some(self),
                 kind,
                 reusable,
+                passed,
             })),
             Err(error) => {
                 let nothing_back = matches!(&error, ClientError::Closed)
@@ -207,7 +211,7 @@ impl Connection {
         body: &mut UpstreamBody,
         framing: ReqFraming,
         written: &mut bool,
-    ) -> Result<(Response<()>, Kind, bool), ClientError> {
+    ) -> Result<(Response<Option<PassedFields>>, Kind, bool), ClientError> {
         self.io.write_all(&self.out).await?;
         *written = true;
         let body_done = match framing {
@@ -365,7 +369,7 @@ impl Connection {
     async fn read_head(
         &mut self,
         head_only: bool,
-    ) -> Result<(Response<()>, Next, bool), ClientError> {
+    ) -> Result<(Response<Option<PassedFields>>, Next, bool), ClientError> {
         loop {
             if !self.buf.is_empty()
                 && let Some(parsed) = self.parse_head(head_only)?
@@ -389,10 +393,17 @@ impl Connection {
     }
 
     /// Parses a complete head at the front of the buffer and consumes it.
+    ///
+    /// The fields are not put in a map: the response carries them as
+    /// [`PassedFields`], spans of the head, which the server writes back out
+    /// and turns into a map only when something asks for one. A 101's
+    /// fields are the exception: they go to the map with the hop-by-hop
+    /// ones, since the tunnel needs its `Upgrade`.
+    #[allow(clippy::type_complexity)]
     fn parse_head(
         &mut self,
         head_only: bool,
-    ) -> Result<Option<(Response<()>, Next, bool)>, ClientError> {
+    ) -> Result<Option<(Response<Option<PassedFields>>, Next, bool)>, ClientError> {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
         let config = httparse::ParserConfig::default();
@@ -408,6 +419,10 @@ impl Connection {
         let code = parsed.code.unwrap_or(0);
         let status =
             StatusCode::from_u16(code).map_err(|_| ClientError::Invalid("invalid status code"))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            self.buf.advance(len);
+            return Ok(Some((Response::new(None), Next::Interim, true)));
+        }
         let version = if parsed.version == Some(0) {
             Version::HTTP_10
         } else {
@@ -416,86 +431,98 @@ impl Connection {
         let reason = parsed.reason.unwrap_or("");
         let custom_reason = !reason.is_empty() && status.canonical_reason() != Some(reason);
         let reason_at = custom_reason.then(|| span_of(&self.buf, reason.as_bytes()));
-        // Field values are shared with the frozen head, not copied.
-        self.fields.clear();
-        for h in parsed.headers.iter() {
-            let name = crate::headers::field_name(h.name.as_bytes())
-                .map_err(|_| ClientError::Invalid("invalid header name"))?;
-            self.fields.push((name, span_of(&self.buf, h.value)));
-        }
-        let raw = self.buf.split_to(len).freeze();
-        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(Some((Response::new(()), Next::Interim, true)));
-        }
-        // Room for the fields the gateway adds to a response (request id,
-        // rate-limit fields), so that adding them does not grow the map.
-        let mut headers = HeaderMap::with_capacity(self.fields.len() + 4);
-        let mut close = version == Version::HTTP_10;
-        let mut length: Option<u64> = None;
-        let mut transfer: Option<bool> = None;
         // The upstream connection's own fields are not passed on (a 101
         // keeps them: the tunnel needs its `Upgrade`).
         let keep_hop_by_hop = status == StatusCode::SWITCHING_PROTOCOLS;
-        let mut listed: Vec<HeaderName> = Vec::new();
-        for (name, (start, end)) in self.fields.drain(..) {
-            let value = HeaderValue::from_maybe_shared(raw.slice(start..end))
-                .map_err(|_| ClientError::Invalid("invalid header value"))?;
-            if name == header::CONNECTION {
-                for token in value.as_bytes().split(|b| *b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        close = false;
-                    } else if let Ok(named) = HeaderName::from_bytes(token) {
-                        listed.push(named);
+        let mut close = version == Version::HTTP_10;
+        let mut length: Option<(u64, (usize, usize))> = None;
+        let mut transfer: Option<bool> = None;
+        let mut listed = false;
+        self.fields.clear();
+        for h in parsed.headers.iter() {
+            let name = h.name.as_bytes();
+            let value = h.value;
+            let class = classify(name);
+            match class {
+                Class::Connection => {
+                    for token in value.split(|b| *b == b',') {
+                        let token = token.trim_ascii();
+                        if token.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            close = false;
+                        } else if !token.is_empty() {
+                            listed = true;
+                        }
                     }
                 }
-            } else if name == header::CONTENT_LENGTH {
-                for part in value.as_bytes().split(|b| *b == b',') {
-                    let n = parse_decimal(part.trim_ascii())
-                        .ok_or(ClientError::Invalid("invalid Content-Length"))?;
-                    if length.is_some_and(|l| l != n) {
-                        return Err(ClientError::Invalid("conflicting Content-Length values"));
+                Class::ContentLength => {
+                    for part in value.split(|b| *b == b',') {
+                        let n = parse_decimal(part.trim_ascii())
+                            .ok_or(ClientError::Invalid("invalid Content-Length"))?;
+                        if length.is_some_and(|(l, _)| l != n) {
+                            return Err(ClientError::Invalid("conflicting Content-Length values"));
+                        }
+                        length = Some((n, span_of(&self.buf, value)));
                     }
-                    length = Some(n);
+                    if !keep_hop_by_hop {
+                        continue;
+                    }
                 }
-            } else if name == header::TRANSFER_ENCODING {
-                // Only the last coding decides: a body is chunked when
-                // chunked is applied last.
-                let last = value
-                    .as_bytes()
-                    .rsplit(|b| *b == b',')
-                    .next()
-                    .unwrap_or_default();
-                transfer = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                Class::TransferEncoding => {
+                    // Only the last coding decides: a body is chunked when
+                    // chunked is applied last.
+                    let last = value.rsplit(|b| *b == b',').next().unwrap_or_default();
+                    transfer = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                }
+                Class::HopByHop | Class::Other => {}
             }
-            if keep_hop_by_hop || !crate::headers::is_hop_by_hop(&name) {
-                headers.append(name, value);
-            }
-        }
-        if !keep_hop_by_hop {
-            for name in listed {
-                headers.remove(name);
+            if keep_hop_by_hop || class == Class::Other {
+                self.fields
+                    .push((span_of(&self.buf, name), span_of(&self.buf, value)));
             }
         }
-        if transfer.is_some() && length.is_some() {
-            // RFC 9112 section 6.3: Transfer-Encoding overrides, and the
-            // length must not be passed on.
-            headers.remove(header::CONTENT_LENGTH);
+        if listed && !keep_hop_by_hop {
+            // Fields named in `Connection` are this connection's too.
+            let buf = &self.buf;
+            let named: Vec<&[u8]> = parsed
+                .headers
+                .iter()
+                .filter(|h| classify(h.name.as_bytes()) == Class::Connection)
+                .flat_map(|h| h.value.split(|b| *b == b','))
+                .map(<[u8]>::trim_ascii)
+                .collect();
+            self.fields.retain(|((start, end), _)| {
+                !named
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(&buf[*start..*end]))
+            });
         }
-        let mut res = Response::new(());
+        let raw = self.buf.split_to(len).freeze();
+        let mut passed = PassedFields::new(raw.clone());
+        for ((ns, ne), (vs, ve)) in self.fields.drain(..) {
+            passed.push(ns..ne, vs..ve);
+        }
+        // RFC 9112 section 6.3: Transfer-Encoding overrides, and the length
+        // must not be passed on.
+        if transfer.is_none()
+            && let Some((n, (start, end))) = length
+        {
+            passed.set_length(start..end, n);
+        }
+        let mut res = Response::new(None);
         *res.status_mut() = status;
         *res.version_mut() = version;
-        *res.headers_mut() = headers;
         if let Some((start, end)) = reason_at
             && let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(raw.slice(start..end))
         {
             res.extensions_mut().insert(phrase);
         }
         if status == StatusCode::SWITCHING_PROTOCOLS {
+            passed.materialize(res.headers_mut());
             return Ok(Some((res, Next::Upgrade, false)));
         }
+        *res.body_mut() = Some(passed);
         let no_body =
             head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let kind = if no_body {
@@ -507,7 +534,7 @@ impl Connection {
                     close = true;
                     Kind::Eof
                 }
-                (None, Some(n)) => Kind::Length(n),
+                (None, Some((n, _))) => Kind::Length(n),
                 (None, None) => {
                     close = true;
                     Kind::Eof
@@ -653,6 +680,7 @@ pub(crate) fn parse_decimal(s: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderName;
 
     fn head_for(
         method: Method,

@@ -13,6 +13,8 @@ use super::{Echo, find, within};
 #[derive(Debug)]
 pub struct RawResponse {
     pub status: u16,
+    /// The head as it arrived, status line to the empty line.
+    pub head: Vec<u8>,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -153,6 +155,7 @@ impl Raw {
         };
         RawResponse {
             status,
+            head,
             headers,
             body,
         }
