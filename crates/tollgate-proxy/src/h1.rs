@@ -907,6 +907,9 @@ async fn write_response(
         return Ok(keep_alive);
     }
     let mut body = res.into_body();
+    // The upstream's fields are written: let go of the head they lie in,
+    // which shares its allocation with the upstream connection's buffer.
+    drop(body.take_fields());
     let mut sent: u64 = 0;
     let mut trailers: Option<HeaderMap> = None;
     loop {
