@@ -114,19 +114,6 @@ impl UpstreamFields {
         }
     }
 
-    /// The value of an added field, if `name` was added.
-    pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
-        self.added.iter().rev().find_map(|added| match added {
-            Added::Block(block) => block
-                .pairs()
-                .iter()
-                .rev()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v),
-            Added::Field(n, v) => (n == name).then_some(v),
-        })
-    }
-
     /// Appends every added field to `out` as `name: value\r\n` lines.
     pub fn encode(&self, out: &mut Vec<u8>) {
         for added in &self.added {
@@ -282,11 +269,6 @@ mod tests {
             out,
             b"GET / HTTP/1.1\r\nx-request-id: r1\r\nx-a: 1\r\nx-b: two\r\n"
         );
-        assert_eq!(
-            fields.get(&HeaderName::from_static("x-b")),
-            Some(&HeaderValue::from_static("two"))
-        );
-        assert_eq!(fields.get(&HeaderName::from_static("x-c")), None);
     }
 
     #[test]

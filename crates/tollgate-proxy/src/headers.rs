@@ -625,7 +625,9 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7, 203.0.113.9");
         assert!(h.get("x-tollgate-app").is_none());
         assert!(h.get(&X_REQUEST_ID).is_none());
-        assert_eq!(fields.get(&X_REQUEST_ID), Some(&id));
+        let mut wire = Vec::new();
+        fields.encode(&mut wire);
+        assert_eq!(wire, b"x-request-id: rid-1\r\n");
     }
 
     #[test]

@@ -504,8 +504,9 @@ impl Connection {
             passed.push(ns..ne, vs..ve);
         }
         // RFC 9112 section 6.3: Transfer-Encoding overrides, and the length
-        // must not be passed on.
+        // must not be passed on. (A 101 kept its fields as they were.)
         if transfer.is_none()
+            && !keep_hop_by_hop
             && let Some((n, (start, end))) = length
         {
             passed.set_length(start..end, n);
