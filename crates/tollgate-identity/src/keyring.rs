@@ -66,12 +66,8 @@ impl KeyEntry {
         }
     }
 
-    /// The `X-Tollgate-*` headers the upstream receives for this key.
-    pub fn identity_headers(&self) -> &[(http::HeaderName, http::HeaderValue)] {
-        self.identity.pairs()
-    }
-
-    /// The same headers, encoded once for the wire.
+    /// The `X-Tollgate-*` headers the upstream receives for this key,
+    /// encoded once for the wire.
     pub fn identity_block(&self) -> &Arc<FieldBlock> {
         &self.identity
     }
