@@ -2,7 +2,7 @@
 
 use http::{request, response};
 use tollgate_core::config::PolicySpec;
-use tollgate_core::fields::PassedFields;
+use tollgate_core::fields::ResponseFields;
 
 use crate::{Builtin, Flow, LogSummary, Policy, PolicyEnv, RequestCtx};
 
@@ -156,23 +156,30 @@ impl Chain {
         }
     }
 
-    /// Runs the response phase of every policy. `passed` holds an upstream
+    /// Runs the response phase of every policy. `fields` holds an upstream
     /// response's fields as they arrived; they move into the response's map
-    /// before the first policy that reads or edits them, and stay where they
-    /// are when none does.
+    /// before the first policy that reads or edits them, and stay where
+    /// they are when none does. The gateway's own fields in
+    /// `ctx.response_fields` join them (or the map, when `fields` is gone
+    /// or there were none: an answer the gateway made).
     pub fn response(
         &self,
         ctx: &mut RequestCtx,
         res: &mut response::Parts,
-        passed: &mut Option<PassedFields>,
+        fields: &mut Option<ResponseFields>,
     ) {
         for (i, p) in self.policies.iter().enumerate() {
-            if self.maps_response_at == Some(i)
-                && let Some(fields) = passed.take()
-            {
-                fields.materialize(&mut res.headers);
+            if self.maps_response_at == Some(i) {
+                if let Some(f) = fields.take() {
+                    f.materialize(&mut res.headers);
+                }
+                ctx.response_fields.materialize(&mut res.headers);
             }
             p.response(ctx, res);
+        }
+        match fields {
+            Some(f) => f.own.append(&mut ctx.response_fields),
+            None => ctx.response_fields.materialize(&mut res.headers),
         }
     }
 

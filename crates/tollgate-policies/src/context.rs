@@ -66,15 +66,18 @@ pub struct RequestCtx {
     pub cors_origin: Option<HeaderValue>,
     /// Who is calling, once the `auth` policy verified a credential.
     pub caller: Option<tollgate_identity::authn::Caller>,
-    /// The `RateLimit-Policy` and `RateLimit` fields for the response, set
-    /// by the `rate_limit` policy and taken by its response phase.
-    pub rate_limit: Option<RateLimitFields>,
     /// Concurrency slots this request holds; given back when the context
     /// is dropped (once the response head has been sent).
     pub permit: Option<tollgate_limits::Permit>,
     /// The fields the gateway adds to the request going upstream, kept
     /// encoded beside the request's map (see [`crate::Policy::upstream_headers_as_map`]).
     pub upstream_fields: tollgate_core::fields::UpstreamFields,
+    /// The fields the gateway sets on the response (the `rate_limit`
+    /// policy's `RateLimit-Policy` and `RateLimit`), whatever the response
+    /// turns out to be. Each replaces the upstream's fields of its name.
+    /// They stay encoded beside the response's map unless a policy needs
+    /// the map (see [`crate::Policy::response_headers_as_map`]).
+    pub response_fields: tollgate_core::fields::GatewayFields,
     /// Free-form typed state for policies that need more.
     pub extensions: http::Extensions,
 }
@@ -117,9 +120,9 @@ impl RequestCtx {
             body_limit: None,
             cors_origin: None,
             caller: None,
-            rate_limit: None,
             permit: None,
             upstream_fields: Default::default(),
+            response_fields: Default::default(),
             extensions: http::Extensions::new(),
         }
     }
@@ -137,13 +140,6 @@ impl RequestCtx {
     pub fn limit_body(&mut self, max: u64) {
         self.body_limit = Some(self.body_limit.map_or(max, |cur| cur.min(max)));
     }
-}
-
-/// The rate-limit fields of a response.
-#[derive(Debug, Clone)]
-pub struct RateLimitFields {
-    pub policy: HeaderValue,
-    pub state: HeaderValue,
 }
 
 /// The outcome of an access hook.

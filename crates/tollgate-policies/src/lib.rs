@@ -28,7 +28,7 @@ mod rate_limit;
 pub use auth::Auth;
 pub use builtin::{Builtin, Cors, HeaderTransformer, IpRestriction, RequestSizeLimit};
 pub use chain::{Chain, ORDER, merge_specs};
-pub use context::{Arrival, Flow, LogSummary, RateLimitFields, Reply, RequestCtx};
+pub use context::{Arrival, Flow, LogSummary, Reply, RequestCtx};
 pub use rate_limit::{Attachment, RATELIMIT, RATELIMIT_POLICY, RateLimit};
 
 /// Shared runtime state that policies need beyond their own configuration.
@@ -108,7 +108,8 @@ pub trait Policy: Send + Sync + 'static {
     ///
     /// An upstream's fields are passed on as they arrived rather than put in
     /// `res.headers`; see [`Policy::response_headers_as_map`]. A field set
-    /// in `res.headers` replaces the upstream's fields of that name.
+    /// in `res.headers`, or added to `ctx.response_fields` (which costs no
+    /// map), replaces the upstream's fields of that name.
     fn response(&self, ctx: &mut RequestCtx, res: &mut response::Parts) {
         let _ = (ctx, res);
     }
@@ -116,8 +117,9 @@ pub trait Policy: Send + Sync + 'static {
     /// Whether [`Policy::response`] reads the upstream's fields or adds to
     /// them (appends, removes) and so must find them in `res.headers`.
     /// Before the first policy that says so, the chain moves the upstream's
-    /// fields into the map ([`tollgate_core::fields::PassedFields::materialize`]);
-    /// until then they are written out from the head they arrived in. The
+    /// fields and `ctx.response_fields` into the map
+    /// ([`tollgate_core::fields::ResponseFields::materialize`]); until then
+    /// they are written out from the head they arrived in. The
     /// default, `true`, is always correct; a policy that only sets fields of
     /// its own (each replacing the upstream's of that name) returns `false`.
     fn response_headers_as_map(&self) -> bool {

@@ -20,18 +20,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
-use http::{request, response};
+use http::request;
 use smallvec::SmallVec;
 use tollgate_core::config::{
     Algorithm, FailureMode, LimitBy, Period, PlanLimits, RateLimitConfig, SubscriptionMode,
 };
+use tollgate_core::fields::GatewayFields;
 use tollgate_core::problem::ErrorCode;
 use tollgate_identity::authn::Caller;
 use tollgate_limits::algo::SECOND_US;
 use tollgate_limits::catalog::{MONTHLY_QUOTA, Resolved};
 use tollgate_limits::{Catalog, Check, Decision, Limiter, Rule, Status, calendar};
 
-use crate::{Flow, Policy, RateLimitFields, Reply, RequestCtx};
+use crate::{Flow, Policy, Reply, RequestCtx};
 
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -337,42 +338,48 @@ fn secs_up(us: i64) -> i64 {
     }
 }
 
-/// The response fields; `policy` is given when it is known in advance (no
-/// plan applies), else built from the limits applied.
-fn fields(
+/// Sets the `RateLimit-Policy` and `RateLimit` fields; `policy` is given
+/// when it is known in advance (no plan applies), else built from the
+/// limits applied. Neither is set unless both are valid field values.
+fn set_fields(
+    out: &mut GatewayFields,
     applied: &[Applied],
     statuses: &[Status],
     policy: Option<&HeaderValue>,
-) -> Option<RateLimitFields> {
-    let mut built = String::new();
-    // Built on the stack and copied once into a value of its exact size: a
-    // `String` handed to `Bytes` with room to spare costs a second allocation.
-    let mut state: SmallVec<[u8; 128]> = SmallVec::new();
-    for (a, s) in applied.iter().zip(statuses) {
-        if !state.is_empty() {
-            built.push_str(", ");
-            state.extend_from_slice(b", ");
+) {
+    let policy_set = match policy {
+        Some(p) => {
+            out.push(&RATELIMIT_POLICY, p);
+            true
         }
-        if policy.is_none() {
-            built.push_str(&a.policy_item);
-        }
-        let mut num = itoa::Buffer::new();
-        state.push(b'"');
-        state.extend_from_slice(a.name.as_bytes());
-        state.extend_from_slice(b"\";r=");
-        state.extend_from_slice(num.format(s.remaining).as_bytes());
-        if !matches!(a.rule, Rule::Concurrency { .. }) {
-            state.extend_from_slice(b";t=");
-            state.extend_from_slice(num.format(secs_up(s.reset_us)).as_bytes());
-        }
+        None => out.push_with(&RATELIMIT_POLICY, |w| {
+            for (i, a) in applied.iter().enumerate() {
+                if i > 0 {
+                    w.extend_from_slice(b", ");
+                }
+                w.extend_from_slice(a.policy_item.as_bytes());
+            }
+        }),
+    };
+    if !policy_set {
+        return;
     }
-    Some(RateLimitFields {
-        policy: match policy {
-            Some(p) => p.clone(),
-            None => HeaderValue::from_str(&built).ok()?,
-        },
-        state: HeaderValue::from_bytes(&state).ok()?,
-    })
+    out.push_with(&RATELIMIT, |w| {
+        let mut num = itoa::Buffer::new();
+        for (i, (a, s)) in applied.iter().zip(statuses).enumerate() {
+            if i > 0 {
+                w.extend_from_slice(b", ");
+            }
+            w.push(b'"');
+            w.extend_from_slice(a.name.as_bytes());
+            w.extend_from_slice(b"\";r=");
+            w.extend_from_slice(num.format(s.remaining).as_bytes());
+            if !matches!(a.rule, Rule::Concurrency { .. }) {
+                w.extend_from_slice(b";t=");
+                w.extend_from_slice(num.format(secs_up(s.reset_us)).as_bytes());
+            }
+        }
+    });
 }
 
 fn refusal(applied: &[Applied], d: &Decision) -> (ErrorCode, String, i64) {
@@ -412,7 +419,7 @@ impl Policy for RateLimit {
     fn upstream_headers_as_map(&self) -> bool {
         false
     }
-    /// Sets its two fields, which replace an upstream's own.
+    /// Sets its two fields in `ctx.response_fields`, at the access phase.
     fn response_headers_as_map(&self) -> bool {
         false
     }
@@ -494,14 +501,15 @@ impl Policy for RateLimit {
                 };
             }
         };
-        if self.headers
-            && let Some(f) = fields(
+        if self.headers {
+            // Set now for whatever the response turns out to be: the
+            // upstream's, this policy's 429 or a later policy's answer.
+            set_fields(
+                &mut ctx.response_fields,
                 &applied,
                 &d.statuses,
                 self.route_policy.as_ref().filter(|_| resolved.is_none()),
-            )
-        {
-            ctx.rate_limit = Some(f);
+            );
         }
         if !d.allowed {
             let (code, detail, retry) = refusal(&applied, &d);
@@ -513,15 +521,6 @@ impl Policy for RateLimit {
         }
         ctx.permit = d.permit;
         Flow::Continue
-    }
-
-    fn response(&self, ctx: &mut RequestCtx, res: &mut response::Parts) {
-        // Moved, not cloned: a clone of a value built for this request
-        // would allocate to share it, and nothing reads the fields later.
-        if let Some(f) = ctx.rate_limit.take() {
-            res.headers.insert(RATELIMIT_POLICY, f.policy);
-            res.headers.insert(RATELIMIT, f.state);
-        }
     }
 }
 

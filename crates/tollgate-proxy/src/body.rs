@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
-use tollgate_core::fields::PassedFields;
+use tollgate_core::fields::ResponseFields;
 
 use crate::client::ResponseBody;
 use crate::h1::RequestBody;
@@ -268,9 +268,9 @@ pub struct UpstreamResponse {
     pub recording: Option<Recording>,
     /// Body bytes passed to the client so far.
     pub sent: u64,
-    /// The upstream's fields, passed on as they arrived unless a policy
-    /// moved them into the response's map.
-    pub fields: Option<PassedFields>,
+    /// The upstream's fields, passed on as they arrived, and the gateway's
+    /// own, unless a policy moved them into the response's map.
+    pub fields: Option<ResponseFields>,
 }
 
 impl UpstreamResponse {
@@ -340,16 +340,24 @@ impl ProxyBody {
         }))
     }
 
-    /// The upstream's fields still waiting to be written out.
-    pub fn fields(&self) -> Option<&PassedFields> {
+    /// The fields still waiting to be written out beside the map.
+    pub fn fields(&self) -> Option<&ResponseFields> {
         match self {
             ProxyBody::Upstream(u) => u.fields.as_ref(),
             ProxyBody::Full(_) => None,
         }
     }
 
-    /// Takes the upstream's fields, to be put in a map.
-    pub fn take_fields(&mut self) -> Option<PassedFields> {
+    /// The fields waiting beside the map, to add the gateway's own to.
+    pub fn fields_mut(&mut self) -> Option<&mut ResponseFields> {
+        match self {
+            ProxyBody::Upstream(u) => u.fields.as_mut(),
+            ProxyBody::Full(_) => None,
+        }
+    }
+
+    /// Takes the fields waiting beside the map, to be put in it.
+    pub fn take_fields(&mut self) -> Option<ResponseFields> {
         match self {
             ProxyBody::Upstream(u) => u.fields.take(),
             ProxyBody::Full(_) => None,

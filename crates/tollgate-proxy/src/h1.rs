@@ -809,13 +809,14 @@ fn encode_head(
     let lengthless = status.is_informational() || status == StatusCode::NO_CONTENT;
     let mut dated = false;
     // An upstream's fields first, as they arrived, except those the gateway
-    // set itself; then the map's.
-    if let Some(passed) = res.body().fields() {
-        passed.encode(out, res.headers());
-        dated = passed.has_date();
+    // set itself; then the gateway's own; then the map's.
+    let beside = res.body().fields();
+    if let Some(fields) = beside {
+        fields.encode(out, res.headers());
+        dated = fields.has_date();
         if framing.is_none()
             && !lengthless
-            && let Some(n) = passed.length()
+            && let Some(n) = fields.length()
         {
             out.extend_from_slice(b"content-length: ");
             out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -826,6 +827,7 @@ fn encode_head(
         if name == header::TRANSFER_ENCODING
             || (name == header::CONTENT_LENGTH && (framing.is_some() || lengthless))
             || (name == header::CONNECTION && !switching)
+            || beside.is_some_and(|f| f.overrides(name))
         {
             continue;
         }
@@ -872,7 +874,7 @@ async fn write_response(
     // Upstream lengths were checked by the client; an unusable one is
     // dropped here and the body framed by what it turns out to be.
     let declared = match res.body().fields() {
-        Some(passed) => passed.length(),
+        Some(fields) => fields.length(),
         None => res
             .headers()
             .get(header::CONTENT_LENGTH)

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use tokio::time::Instant;
+use tollgate_core::fields::ResponseFields;
 use tollgate_identity::oauth::OAuthServer;
 use tollgate_policies::{Arrival, LogSummary, Reply, RequestCtx};
 use tollgate_telemetry::{RequestTrace, SpanHandle, SpanKind, attr, span_name};
@@ -68,7 +69,14 @@ pub async fn handle(
             res
         }
     };
-    res.headers_mut().insert(&X_REQUEST_ID, request_id);
+    // Beside the upstream's fields when they are passed on, else in the map;
+    // either way it replaces an upstream's own.
+    match res.body_mut().fields_mut() {
+        Some(fields) => fields.own.push(&X_REQUEST_ID, &request_id),
+        None => {
+            res.headers_mut().insert(&X_REQUEST_ID, request_id);
+        }
+    }
     Ok(res)
 }
 
@@ -341,7 +349,7 @@ async fn proxy(
     trace.end_span(upstream_span);
 
     let (mut res_parts, mut res_body) = upstream_res.into_parts();
-    let mut passed = res_body.take_fields();
+    let mut fields = res_body.take_fields().map(ResponseFields::new);
     // The client's connection has its own protocol version; the upstream's is hop-by-hop.
     res_parts.version = client_version;
     let target = guard.0.addr.clone();
@@ -376,7 +384,7 @@ async fn proxy(
         ProxyBody::upstream(res_body, svc.read_timeout, deadline, guard, None)
     };
     let phase = trace.start_span(span_name::RESPONSE, SpanKind::Internal);
-    rt.chain.response(&mut ctx, &mut res_parts, &mut passed);
+    rt.chain.response(&mut ctx, &mut res_parts, &mut fields);
     trace.end_span(phase);
     let summary = LogSummary {
         status: res_parts.status,
@@ -390,7 +398,7 @@ async fn proxy(
     let body = match body {
         ProxyBody::Upstream(mut u) => {
             u.recording = Some(recording);
-            u.fields = passed;
+            u.fields = fields;
             ProxyBody::Upstream(u)
         }
         full => {

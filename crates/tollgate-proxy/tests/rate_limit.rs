@@ -97,6 +97,60 @@ async fn a_route_limit_by_address_answers_429_with_the_ietf_fields() {
 }
 
 #[tokio::test]
+async fn the_ietf_fields_reach_every_answer_and_a_response_transformer_sees_them() {
+    let up = Upstream::echo("up").await;
+    *up.control.response_headers.lock().unwrap() =
+        vec![("RateLimit".into(), "\"up\";r=9;t=1".into())];
+    let limit = || {
+        rate_limit(json!({
+            "limits": [{"name": "burst", "requests": 5, "per": "1m", "by": "ip"}]
+        }))
+    };
+    let gw = TestGateway::start(&one_service(
+        &up.url(),
+        json!([
+            {"name": "small", "paths": ["/small"], "policies": [
+                limit(),
+                {"name": "request_size_limit", "config": {"max_bytes": 4}},
+            ]},
+            {"name": "shaped", "paths": ["/shaped"], "policies": [
+                limit(),
+                {"name": "response_transformer", "config": {
+                    "remove": ["ratelimit-policy"], "append": {"ratelimit": "extra"}
+                }},
+            ]},
+        ]),
+    ))
+    .await;
+    // A later policy's own answer carries them: the request was counted.
+    let r = client()
+        .request("POST", &gw.url("/small"), &[], full(vec![b'x'; 10]))
+        .await;
+    assert_eq!(r.problem(413), "payload_too_large");
+    assert_eq!(r.header("ratelimit-policy"), Some("\"burst\";q=5;w=60"));
+    assert!(
+        r.header("ratelimit")
+            .unwrap()
+            .starts_with("\"burst\";r=4;t=")
+    );
+    // A response transformer finds the gateway's fields in the map, with
+    // the upstream's own of that name already replaced.
+    let r = get(&gw.url("/shaped")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("ratelimit-policy"), None);
+    let values: Vec<_> = r.headers.get_all("ratelimit").iter().collect();
+    assert_eq!(values.len(), 2, "{values:?}");
+    assert!(values[0].to_str().unwrap().starts_with("\"burst\";r=4;t="));
+    assert_eq!(values[1], "extra");
+    assert_eq!(
+        r.header("x-upstream"),
+        Some("up"),
+        "the upstream's own pass"
+    );
+    assert_eq!(r.headers.get_all("x-request-id").iter().count(), 1);
+}
+
+#[tokio::test]
 async fn limits_by_header_count_each_value_apart_and_global_limits_span_routes() {
     let up = Upstream::echo("up").await;
     let mut cfg = one_service(
