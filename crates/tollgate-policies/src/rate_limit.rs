@@ -340,7 +340,9 @@ fn secs_up(us: i64) -> i64 {
 
 /// Sets the `RateLimit-Policy` and `RateLimit` fields; `policy` is given
 /// when it is known in advance (no plan applies), else built from the
-/// limits applied. Neither is set unless both are valid field values.
+/// limits applied. A value that is not a valid field value is left out, and
+/// `RateLimit` with `RateLimit-Policy`; limit names are tokens, checked when
+/// the configuration is loaded, so neither happens in practice.
 fn set_fields(
     out: &mut GatewayFields,
     applied: &[Applied],
