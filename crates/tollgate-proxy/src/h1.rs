@@ -331,7 +331,10 @@ impl HeadLimits {
 
 /// A parsed request head, before its body.
 struct Head {
-    request: Request<RequestBody>,
+    /// Boxed from the start: the request passes by value through the
+    /// connection, the service and the proxy before it is taken apart,
+    /// and so moves as a pointer instead of some 340 bytes each time.
+    request: Box<Request<RequestBody>>,
     framing: BodyFraming,
     keep_alive: bool,
     expect_continue: bool,
@@ -340,7 +343,7 @@ struct Head {
 
 /// What reading a head came to.
 enum Read {
-    Head(Box<Head>),
+    Head(Head),
     /// The connection ended, went idle for too long, or the gateway is
     /// shutting down, between requests: close without an answer.
     Close,
@@ -427,7 +430,7 @@ impl Connection {
             mut keep_alive,
             expect_continue,
             upgrade,
-        } = *head;
+        } = head;
         let head_method = request.method() == Method::HEAD;
         let version = request.version();
         let upgrade = upgrade.then(|| {
@@ -638,7 +641,7 @@ fn parse_head(
     buf: &mut BytesMut,
     spans: &mut Vec<(HeaderName, (usize, usize))>,
     limits: &HeadLimits,
-) -> Result<Option<Box<Head>>, Vec<u8>> {
+) -> Result<Option<Head>, Vec<u8>> {
     // Left uninitialised: zeroing 256 fields (8 KiB) per request cost more
     // than the parse itself.
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; FIELDS];
@@ -746,7 +749,7 @@ fn parse_head(
     {
         headers.insert(header::HOST, host);
     }
-    let mut request = Request::new(RequestBody::Empty);
+    let mut request = Box::new(Request::new(RequestBody::Empty));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
@@ -754,21 +757,21 @@ fn parse_head(
     if let Some(why) = refusal {
         // The service answers it; the connection closes after that.
         request.extensions_mut().insert(why);
-        return Ok(Some(Box::new(Head {
+        return Ok(Some(Head {
             request,
             framing: BodyFraming::Empty,
             keep_alive: false,
             expect_continue: false,
             upgrade: false,
-        })));
+        }));
     }
-    Ok(Some(Box::new(Head {
+    Ok(Some(Head {
         request,
         framing,
         keep_alive,
         expect_continue: expect_continue && framing != BodyFraming::Empty,
         upgrade,
-    })))
+    }))
 }
 
 /// How a response body is framed on the wire.
@@ -1051,12 +1054,12 @@ mod tests {
         }
     }
 
-    fn parse(text: &str) -> Result<Option<Box<Head>>, Vec<u8>> {
+    fn parse(text: &str) -> Result<Option<Head>, Vec<u8>> {
         let mut buf = BytesMut::from(text.as_bytes());
         parse_head(&mut buf, &mut Vec::new(), &limits())
     }
 
-    fn head(text: &str) -> Box<Head> {
+    fn head(text: &str) -> Head {
         parse(text).expect("parsed").expect("complete")
     }
 

@@ -31,7 +31,7 @@ const MAX_IDLE_PER_TARGET: usize = 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 struct Idle {
-    conn: Connection,
+    conn: Box<Connection>,
     since: Instant,
 }
 
@@ -54,7 +54,7 @@ pub enum SendError {
 
 /// Puts a connection whose response ended back for the next request to its
 /// target on this thread.
-pub(crate) fn release(conn: Connection) {
+pub(crate) fn release(conn: Box<Connection>) {
     // The coarse clock: an idle age a tick too long does not matter
     // against the idle timeout, and it costs no clock read.
     let now = crate::coarse_timer::now();
@@ -72,7 +72,7 @@ pub(crate) fn release(conn: Connection) {
 
 /// The most recently used idle connection to `target` on this thread that
 /// is still open.
-fn checkout(target: &str, now: Instant) -> Option<Connection> {
+fn checkout(target: &str, now: Instant) -> Option<Box<Connection>> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(target)?;
@@ -112,7 +112,7 @@ pub async fn send(
         .map_err(|failed| SendError::Exchange(failed.error))
 }
 
-async fn connect(target: &Arc<str>, connect_timeout: Duration) -> std::io::Result<Connection> {
+async fn connect(target: &Arc<str>, connect_timeout: Duration) -> std::io::Result<Box<Connection>> {
     let stream = match tokio::time::timeout(
         connect_timeout,
         tokio::net::TcpStream::connect(&**target),

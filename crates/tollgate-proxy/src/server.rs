@@ -264,7 +264,7 @@ async fn serve_h2<IO>(
         let streams = streams.clone();
         service_fn(move |req: Request<hyper::body::Incoming>| {
             let stream = StreamGuard::open(&streams);
-            let handled = handle(gw.clone(), conn.clone(), req.map(RequestBody::H2));
+            let handled = handle(gw.clone(), conn.clone(), Box::new(req.map(RequestBody::H2)));
             async move {
                 let Ok(mut res) = handled.await;
                 // hyper writes the map alone.

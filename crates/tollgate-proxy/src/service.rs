@@ -49,7 +49,7 @@ impl ConnInfo {
 pub async fn handle(
     gw: Arc<Gateway>,
     conn: Arc<ConnInfo>,
-    req: Request<RequestBody>,
+    req: Box<Request<RequestBody>>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // One clock read: the wall clock comes from the coarse timer's offset
     // between the two clocks.
@@ -114,7 +114,7 @@ fn record_unrouted(
 async fn proxy(
     gw: &Gateway,
     conn: &ConnInfo,
-    req: Request<RequestBody>,
+    req: Box<Request<RequestBody>>,
     request_id: &HeaderValue,
     arrival: Arrival,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -124,7 +124,7 @@ async fn proxy(
         Some(Refusal::Coding(why)) => return Err(ProxyError::CodingNotImplemented(why.clone())),
         Some(Refusal::HeadTooLarge(why)) => return Err(ProxyError::HeadersTooLarge(why.clone())),
     }
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, body) = (*req).into_parts();
     let uri = parts.uri.clone();
     let path = uri.path();
     if !path.starts_with('/') || has_dot_segment(path) {

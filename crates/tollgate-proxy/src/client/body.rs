@@ -30,7 +30,7 @@ pub(super) enum Kind {
 /// A response body read from the upstream connection as it is polled.
 #[derive(Debug)]
 pub struct ResponseBody {
-    pub(super) conn: Option<Connection>,
+    pub(super) conn: Option<Box<Connection>>,
     pub(super) kind: Kind,
     /// Whether the connection may serve another request after this body.
     pub(super) reusable: bool,
@@ -51,7 +51,7 @@ impl ResponseBody {
         if !matches!(self.kind, Kind::Upgrade) {
             return None;
         }
-        let conn = self.conn.take()?;
+        let conn = *self.conn.take()?;
         Some((conn.io, conn.buf.freeze()))
     }
 

@@ -137,8 +137,13 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(io: TcpStream, target: Arc<str>) -> Connection {
-        Connection {
+    ///
+    /// Boxed for its whole life: the connection moves from the pool into
+    /// an exchange, from there into the response body and back to the
+    /// pool, and each of those moves is then a pointer's, not the
+    /// struct's.
+    pub fn new(io: TcpStream, target: Arc<str>) -> Box<Connection> {
+        Box::new(Connection {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
@@ -146,11 +151,11 @@ impl Connection {
             reused: false,
             target,
             single_use: false,
-        }
+        })
     }
 
     /// Makes the connection close after its first exchange.
-    pub fn single_use(mut self) -> Connection {
+    pub fn single_use(mut self: Box<Self>) -> Box<Connection> {
         self.single_use = true;
         self
     }
@@ -173,7 +178,7 @@ impl Connection {
 
     /// Sends one request and reads the response head.
     pub async fn exchange(
-        mut self,
+        mut self: Box<Self>,
         head: &RequestHead<'_>,
         body: &mut UpstreamBody,
     ) -> Result<Response<ResponseBody>, Failed> {
