@@ -412,15 +412,18 @@ fn length_bit(len: usize) -> u64 {
 /// fields of the same names and any the response's map holds.
 #[derive(Debug, Clone)]
 pub struct ResponseFields {
-    pub passed: PassedFields,
+    /// Boxed by the client that parsed them: with room for eight fields
+    /// inline they are 208 bytes, and the response that carries them is
+    /// moved through several async frames on its way to the client.
+    pub passed: Box<PassedFields>,
     pub own: GatewayFields,
 }
 
 impl ResponseFields {
     /// The upstream's fields, with none of the gateway's yet.
-    pub fn new(passed: PassedFields) -> ResponseFields {
+    pub fn new(passed: impl Into<Box<PassedFields>>) -> ResponseFields {
         ResponseFields {
-            passed,
+            passed: passed.into(),
             own: GatewayFields::default(),
         }
     }

@@ -35,13 +35,13 @@ pub struct ResponseBody {
     /// Whether the connection may serve another request after this body.
     pub(super) reusable: bool,
     /// The response head's fields, until they are taken.
-    pub(super) passed: Option<PassedFields>,
+    pub(super) passed: Option<Box<PassedFields>>,
 }
 
 impl ResponseBody {
     /// The response head's fields (every one but the hop-by-hop ones); a
     /// 101's are in its map instead.
-    pub fn take_fields(&mut self) -> Option<PassedFields> {
+    pub fn take_fields(&mut self) -> Option<Box<PassedFields>> {
         self.passed.take()
     }
 

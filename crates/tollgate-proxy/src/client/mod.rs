@@ -216,7 +216,7 @@ impl Connection {
         body: &mut UpstreamBody,
         framing: ReqFraming,
         written: &mut bool,
-    ) -> Result<(Response<Option<PassedFields>>, Kind, bool), ClientError> {
+    ) -> Result<(Response<Option<Box<PassedFields>>>, Kind, bool), ClientError> {
         self.io.write_all(&self.out).await?;
         *written = true;
         let body_done = match framing {
@@ -374,7 +374,7 @@ impl Connection {
     async fn read_head(
         &mut self,
         head_only: bool,
-    ) -> Result<(Response<Option<PassedFields>>, Next, bool), ClientError> {
+    ) -> Result<(Response<Option<Box<PassedFields>>>, Next, bool), ClientError> {
         loop {
             if !self.buf.is_empty()
                 && let Some(parsed) = self.parse_head(head_only)?
@@ -408,7 +408,7 @@ impl Connection {
     fn parse_head(
         &mut self,
         head_only: bool,
-    ) -> Result<Option<(Response<Option<PassedFields>>, Next, bool)>, ClientError> {
+    ) -> Result<Option<(Response<Option<Box<PassedFields>>>, Next, bool)>, ClientError> {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
         let config = httparse::ParserConfig::default();
@@ -504,7 +504,7 @@ impl Connection {
             });
         }
         let raw = self.buf.split_to(len).freeze();
-        let mut passed = PassedFields::new(raw.clone());
+        let mut passed = Box::new(PassedFields::new(raw.clone()));
         for ((ns, ne), (vs, ve)) in self.fields.drain(..) {
             passed.push(ns..ne, vs..ve);
         }
