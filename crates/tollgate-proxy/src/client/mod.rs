@@ -137,11 +137,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    ///
-    /// Boxed for its whole life: the connection moves from the pool into
-    /// an exchange, from there into the response body and back to the
-    /// pool, and each of those moves is then a pointer's, not the
-    /// struct's.
+    /// A connection over `io` to `target`, boxed for its whole life: it
+    /// moves from the pool into an exchange, from there into the response
+    /// body and back to the pool, and each of those moves is then a
+    /// pointer's, not the struct's.
     pub fn new(io: TcpStream, target: Arc<str>) -> Box<Connection> {
         Box::new(Connection {
             io,
